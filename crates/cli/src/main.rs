@@ -1,0 +1,82 @@
+//! `filterdb`: a columnar store and SQL engine for trained CNN convolution filters.
+
+mod commands;
+mod output;
+mod progress;
+mod shell;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// A columnar store and SQL query engine for trained CNN 3x3 convolution filters.
+#[derive(Debug, Parser)]
+#[command(name = "filterdb", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// `--store`, shared by every command that reads or writes a store.
+#[derive(Debug, Args, Clone)]
+pub struct StoreArg {
+    /// The store directory.
+    #[arg(long, env = "FILTERDB_STORE", default_value = "./filterdb-store")]
+    store: PathBuf,
+}
+
+/// Options of commands that run queries.
+#[derive(Debug, Args, Clone)]
+pub struct QueryArgs {
+    /// Read the store as of this version (see `filterdb info`).
+    #[arg(long)]
+    version: Option<u64>,
+    /// Memory queries may use before spilling to disk, e.g. 512M, 4G.
+    #[arg(long, value_parser = filterdb_sql::parse_memory_size)]
+    memory_limit: Option<usize>,
+    /// Worker threads (default: the number of cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create an empty store.
+    Init(commands::InitArgs),
+    /// Ingest one model file, or many through --manifest.
+    Ingest(commands::IngestArgs),
+    /// Run one SQL query, or open an interactive shell without one.
+    Sql(commands::SqlArgs),
+    /// Write a query's result to a file for notebooks.
+    Export(commands::ExportArgs),
+    /// Summarise a store (or one model with --model).
+    Info(commands::InfoArgs),
+    /// Write a deterministic synthetic model zoo (safetensors + cards + manifest).
+    Gen(commands::GenArgs),
+    /// Delete files of crashed writers and, optionally, old history.
+    Vacuum(commands::VacuumArgs),
+    /// List or extend the task / visual-category vocabularies.
+    Vocab(commands::VocabArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Init(a) => commands::init(a),
+        Command::Ingest(a) => commands::ingest(a),
+        Command::Sql(a) => commands::sql(a),
+        Command::Export(a) => commands::export(a),
+        Command::Info(a) => commands::info(a),
+        Command::Gen(a) => commands::gen_zoo(a),
+        Command::Vacuum(a) => commands::vacuum(a),
+        Command::Vocab(a) => commands::vocab(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

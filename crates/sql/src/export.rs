@@ -1,0 +1,429 @@
+//! Writing query results for notebooks: Parquet, Arrow IPC, CSV, JSON lines and `.npy`.
+//!
+//! Every writer streams: batches are written as the query produces them, so an export
+//! needs memory for one batch, not for the result.
+
+use std::fs::File;
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::prelude::SessionContext;
+use futures::StreamExt;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use crate::error::{Result, SqlError};
+
+/// Output formats of [`export_query`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// Apache Parquet (zstd).
+    Parquet,
+    /// Arrow IPC file (Feather v2).
+    Arrow,
+    /// CSV with a header; list columns become `<name>_0 .. <name>_8`.
+    Csv,
+    /// JSON lines, one object per row.
+    Json,
+    /// NumPy: the `weights` column as an `(N, 9)` array of the store's dtype, plus
+    /// `<stem>.parquet` with the other columns in the same row order.
+    Npy,
+}
+
+impl std::str::FromStr for ExportFormat {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "parquet" => ExportFormat::Parquet,
+            "arrow" | "ipc" | "feather" => ExportFormat::Arrow,
+            "csv" => ExportFormat::Csv,
+            "json" | "jsonl" | "ndjson" => ExportFormat::Json,
+            "npy" | "numpy" => ExportFormat::Npy,
+            other => {
+                return Err(format!(
+                    "unknown export format {other:?}: expected parquet, arrow, csv, json or npy"
+                ));
+            }
+        })
+    }
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExportSummary {
+    /// Rows written.
+    pub rows: u64,
+    /// Files written.
+    pub files: Vec<PathBuf>,
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SqlError {
+    let path = path.to_path_buf();
+    move |source| SqlError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// A sink that receives record batches.
+pub trait BatchSink {
+    /// Write one batch.
+    ///
+    /// # Errors
+    /// I/O or encoding errors.
+    fn write(&mut self, batch: &RecordBatch) -> Result<()>;
+    /// Finish the output.
+    ///
+    /// # Errors
+    /// I/O or encoding errors.
+    fn finish(self: Box<Self>) -> Result<()>;
+}
+
+struct ParquetSink<W: Write + Send> {
+    w: ArrowWriter<W>,
+    path: PathBuf,
+}
+impl<W: Write + Send> BatchSink for ParquetSink<W> {
+    fn write(&mut self, b: &RecordBatch) -> Result<()> {
+        self.w.write(b).map_err(|source| SqlError::Parquet {
+            path: self.path.clone(),
+            source,
+        })
+    }
+    fn finish(self: Box<Self>) -> Result<()> {
+        let path = self.path.clone();
+        let mut w = self.w.into_inner().map_err(|source| SqlError::Parquet {
+            path: path.clone(),
+            source,
+        })?;
+        w.flush().map_err(io("writing", &path))
+    }
+}
+
+struct IpcSink<W: Write>(arrow::ipc::writer::FileWriter<W>);
+impl<W: Write> BatchSink for IpcSink<W> {
+    fn write(&mut self, b: &RecordBatch) -> Result<()> {
+        Ok(self.0.write(b)?)
+    }
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        Ok(self.0.finish()?)
+    }
+}
+
+struct CsvSink<W: Write>(arrow::csv::Writer<W>);
+impl<W: Write> BatchSink for CsvSink<W> {
+    fn write(&mut self, b: &RecordBatch) -> Result<()> {
+        Ok(self.0.write(&flatten_lists(b)?)?)
+    }
+    fn finish(self: Box<Self>) -> Result<()> {
+        let mut w = self.0.into_inner();
+        w.flush().map_err(io("writing", Path::new("<csv output>")))
+    }
+}
+
+struct JsonSink<W: Write>(arrow::json::LineDelimitedWriter<W>);
+impl<W: Write> BatchSink for JsonSink<W> {
+    fn write(&mut self, b: &RecordBatch) -> Result<()> {
+        Ok(self.0.write(b)?)
+    }
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        Ok(self.0.finish()?)
+    }
+}
+
+/// A sink writing `format` to `out` (any writer: a file, stdout).
+///
+/// # Errors
+/// Unsupported combinations (npy needs a file path: use [`export_query`]).
+pub fn sink_for<W: Write + Send + 'static>(
+    format: ExportFormat,
+    out: W,
+    schema: &SchemaRef,
+    path: &Path,
+) -> Result<Box<dyn BatchSink>> {
+    Ok(match format {
+        ExportFormat::Parquet => {
+            let props = WriterProperties::builder()
+                .set_compression(Compression::ZSTD(ZstdLevel::default()))
+                .build();
+            let w =
+                ArrowWriter::try_new(out, Arc::clone(schema), Some(props)).map_err(|source| {
+                    SqlError::Parquet {
+                        path: path.to_path_buf(),
+                        source,
+                    }
+                })?;
+            Box::new(ParquetSink {
+                w,
+                path: path.to_path_buf(),
+            })
+        }
+        ExportFormat::Arrow => Box::new(IpcSink(arrow::ipc::writer::FileWriter::try_new(
+            out, schema,
+        )?)),
+        ExportFormat::Csv => Box::new(CsvSink(
+            arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(out),
+        )),
+        ExportFormat::Json => Box::new(JsonSink(arrow::json::LineDelimitedWriter::new(out))),
+        ExportFormat::Npy => {
+            return Err(SqlError::Export(
+                "npy output needs a file path (-o PATH)".into(),
+            ));
+        }
+    })
+}
+
+/// Replace each FixedSizeList column `c` by columns `c_0 .. c_{n-1}` (for CSV).
+///
+/// # Errors
+/// Arrow errors.
+pub fn flatten_lists(batch: &RecordBatch) -> Result<RecordBatch> {
+    if !batch
+        .schema()
+        .fields()
+        .iter()
+        .any(|f| matches!(f.data_type(), DataType::FixedSizeList(..)))
+    {
+        return Ok(batch.clone());
+    }
+    let mut fields = Vec::new();
+    let mut cols: Vec<ArrayRef> = Vec::new();
+    for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
+        if let DataType::FixedSizeList(child, n) = f.data_type() {
+            let list = c.as_fixed_size_list();
+            let values = list.values();
+            for j in 0..*n as usize {
+                let idx = arrow::array::UInt64Array::from_iter_values(
+                    (0..list.len()).map(|i| (list.value_offset(i) as usize + j) as u64),
+                );
+                let col = arrow::compute::take(values.as_ref(), &idx, None)?;
+                fields.push(Field::new(
+                    format!("{}_{j}", f.name()),
+                    child.data_type().clone(),
+                    true,
+                ));
+                cols.push(col);
+            }
+        } else {
+            fields.push(f.as_ref().clone());
+            cols.push(Arc::clone(c));
+        }
+    }
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
+}
+
+/// A `.npy` writer for an `(N, 9)` array whose N is known only at the end: the header
+/// is written with room for any N and patched by `finish`.
+///
+/// Hand-written rather than a crate: the format is one fixed header (NEP 1) and we need
+/// to stream with an unknown row count, which the crates' writers do not offer.
+pub struct NpyWriter {
+    file: BufWriter<File>,
+    path: PathBuf,
+    descr: &'static str,
+    rows: u64,
+}
+
+const NPY_HEADER_LEN: usize = 128;
+
+impl NpyWriter {
+    /// Create `path` for an `(N, 9)` array of `descr` (`<f2`, `<f4`, `<f8`).
+    ///
+    /// # Errors
+    /// I/O.
+    pub fn create(path: &Path, descr: &'static str) -> Result<NpyWriter> {
+        let file = File::create(path).map_err(io("creating", path))?;
+        let mut w = NpyWriter {
+            file: BufWriter::with_capacity(1 << 20, file),
+            path: path.to_path_buf(),
+            descr,
+            rows: 0,
+        };
+        w.write_header()?;
+        Ok(w)
+    }
+
+    fn write_header(&mut self) -> Result<()> {
+        let dict = format!(
+            "{{'descr': '{}', 'fortran_order': False, 'shape': ({}, 9), }}",
+            self.descr, self.rows
+        );
+        // magic(6) + version(2) + header_len(2) + dict padded with spaces + '\n'
+        let pad = NPY_HEADER_LEN - 10 - dict.len() - 1;
+        let mut h = Vec::with_capacity(NPY_HEADER_LEN);
+        h.extend_from_slice(b"\x93NUMPY\x01\x00");
+        h.extend_from_slice(&((NPY_HEADER_LEN - 10) as u16).to_le_bytes());
+        h.extend_from_slice(dict.as_bytes());
+        h.extend(std::iter::repeat_n(b' ', pad));
+        h.push(b'\n');
+        self.file.write_all(&h).map_err(io("writing", &self.path))
+    }
+
+    /// Append the rows of a FixedSizeList<_, 9> array (NULL rows are an error).
+    ///
+    /// # Errors
+    /// NULL filters, a wrong element type, I/O.
+    pub fn append(&mut self, list: &FixedSizeListArray) -> Result<()> {
+        if list.value_length() != 9 {
+            return Err(SqlError::Export(format!(
+                "npy export expects 9 weights per row, got {}",
+                list.value_length()
+            )));
+        }
+        if list.null_count() > 0 {
+            return Err(SqlError::Export(
+                "npy export: the weights column holds NULL filters".into(),
+            ));
+        }
+        let start = list.offset() * 9;
+        let len = list.len() * 9;
+        let values = list.values();
+        let bytes: &[u8] = match values.data_type() {
+            DataType::Float16 => {
+                let v = values
+                    .as_primitive::<arrow::datatypes::Float16Type>()
+                    .values();
+                slice_bytes(&v[start..start + len])
+            }
+            DataType::Float32 => {
+                let v = values
+                    .as_primitive::<arrow::datatypes::Float32Type>()
+                    .values();
+                slice_bytes(&v[start..start + len])
+            }
+            DataType::Float64 => {
+                let v = values
+                    .as_primitive::<arrow::datatypes::Float64Type>()
+                    .values();
+                slice_bytes(&v[start..start + len])
+            }
+            other => {
+                return Err(SqlError::Export(format!(
+                    "npy export: unsupported weight type {other}"
+                )));
+            }
+        };
+        self.file
+            .write_all(bytes)
+            .map_err(io("writing", &self.path))?;
+        self.rows += list.len() as u64;
+        Ok(())
+    }
+
+    /// Patch the header with the final row count and flush.
+    ///
+    /// # Errors
+    /// I/O.
+    pub fn finish(mut self) -> Result<u64> {
+        self.file.flush().map_err(io("writing", &self.path))?;
+        self.file
+            .seek(SeekFrom::Start(0))
+            .map_err(io("writing", &self.path))?;
+        self.write_header()?;
+        self.file.flush().map_err(io("writing", &self.path))?;
+        Ok(self.rows)
+    }
+}
+
+/// View a slice of little-endian plain numbers as bytes.
+fn slice_bytes<T: arrow::datatypes::ArrowNativeType>(v: &[T]) -> &[u8] {
+    arrow::datatypes::ToByteSlice::to_byte_slice(v)
+}
+
+fn npy_descr(t: &DataType) -> Option<&'static str> {
+    match t {
+        DataType::Float16 => Some("<f2"),
+        DataType::Float32 => Some("<f4"),
+        DataType::Float64 => Some("<f8"),
+        _ => None,
+    }
+}
+
+/// Run `sql` and write its result to `path` in `format`.
+///
+/// # Errors
+/// Query errors, a result without a `weights` column for npy, I/O.
+pub async fn export_query(
+    ctx: &SessionContext,
+    sql: &str,
+    format: ExportFormat,
+    path: &Path,
+) -> Result<ExportSummary> {
+    let df = ctx.sql(sql).await?;
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let mut stream = df.execute_stream().await?;
+    let mut rows = 0u64;
+    if format == ExportFormat::Npy {
+        let Ok(widx) = schema.index_of("weights") else {
+            return Err(SqlError::Export(
+                "npy export needs a `weights` column (FixedSizeList of 9) in the query result"
+                    .into(),
+            ));
+        };
+        let DataType::FixedSizeList(child, 9) = schema.field(widx).data_type() else {
+            return Err(SqlError::Export(format!(
+                "npy export: `weights` must be a FixedSizeList of 9, got {}",
+                schema.field(widx).data_type()
+            )));
+        };
+        let Some(descr) = npy_descr(child.data_type()) else {
+            return Err(SqlError::Export(format!(
+                "npy export: unsupported weight type {}",
+                child.data_type()
+            )));
+        };
+        let side_path = path.with_extension("parquet");
+        let side_schema = Arc::new(
+            schema.project(
+                &(0..schema.fields().len())
+                    .filter(|&i| i != widx)
+                    .collect::<Vec<_>>(),
+            )?,
+        );
+        let side_file = File::create(&side_path).map_err(io("creating", &side_path))?;
+        let mut side = sink_for(ExportFormat::Parquet, side_file, &side_schema, &side_path)?;
+        let mut npy = NpyWriter::create(path, descr)?;
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            npy.append(batch.column(widx).as_fixed_size_list())?;
+            side.write(
+                &batch.project(
+                    &(0..batch.num_columns())
+                        .filter(|&i| i != widx)
+                        .collect::<Vec<_>>(),
+                )?,
+            )?;
+            rows += batch.num_rows() as u64;
+        }
+        npy.finish()?;
+        side.finish()?;
+        return Ok(ExportSummary {
+            rows,
+            files: vec![path.to_path_buf(), side_path],
+        });
+    }
+    let file = File::create(path).map_err(io("creating", path))?;
+    let mut sink = sink_for(
+        format,
+        BufWriter::with_capacity(1 << 20, file),
+        &schema,
+        path,
+    )?;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        rows += batch.num_rows() as u64;
+        sink.write(&batch)?;
+    }
+    sink.finish()?;
+    Ok(ExportSummary {
+        rows,
+        files: vec![path.to_path_buf()],
+    })
+}

@@ -1,0 +1,303 @@
+//! Conversion of raw weight tensors into the store's nine weight columns.
+//!
+//! One pass per layer: read each element of the source dtype, convert once to the store's
+//! precision (round to nearest even), scatter it into column `kh * 3 + kw`, and track the
+//! layer's largest magnitude and whether any value is non-finite. No allocation per filter.
+
+use half::{bf16, f16};
+
+use crate::input::{KernelLayout, SourceDtype};
+
+/// An element type that can be read from little-endian bytes.
+pub(crate) trait SrcElem: Copy {
+    const SIZE: usize;
+    fn load(b: &[u8]) -> Self;
+    fn abs_f64(self) -> f64;
+    fn is_finite(self) -> bool;
+}
+
+macro_rules! src_elem {
+    ($t:ty, $n:expr, $load:expr, $abs:expr, $fin:expr) => {
+        impl SrcElem for $t {
+            const SIZE: usize = $n;
+            #[inline(always)]
+            fn load(b: &[u8]) -> Self {
+                let mut a = [0u8; $n];
+                a.copy_from_slice(&b[..$n]);
+                $load(a)
+            }
+            #[inline(always)]
+            fn abs_f64(self) -> f64 {
+                $abs(self)
+            }
+            #[inline(always)]
+            fn is_finite(self) -> bool {
+                $fin(self)
+            }
+        }
+    };
+}
+
+src_elem!(
+    f32,
+    4,
+    f32::from_le_bytes,
+    |v: f32| f64::from(v.abs()),
+    f32::is_finite
+);
+src_elem!(f64, 8, f64::from_le_bytes, f64::abs, f64::is_finite);
+src_elem!(
+    f16,
+    2,
+    f16::from_le_bytes,
+    |v: f16| f64::from(v.to_f32().abs()),
+    f16::is_finite
+);
+src_elem!(
+    bf16,
+    2,
+    bf16::from_le_bytes,
+    |v: bf16| f64::from(v.to_f32().abs()),
+    bf16::is_finite
+);
+
+/// Conversion into a store element type, rounding once.
+pub(crate) trait ConvertTo<D> {
+    fn convert(self) -> D;
+}
+
+impl ConvertTo<f16> for f32 {
+    #[inline(always)]
+    fn convert(self) -> f16 {
+        f16::from_f32(self)
+    }
+}
+impl ConvertTo<f16> for f64 {
+    #[inline(always)]
+    fn convert(self) -> f16 {
+        f16::from_f64(self)
+    }
+}
+impl ConvertTo<f16> for f16 {
+    #[inline(always)]
+    fn convert(self) -> f16 {
+        self
+    }
+}
+impl ConvertTo<f16> for bf16 {
+    #[inline(always)]
+    fn convert(self) -> f16 {
+        // bf16 -> f32 is exact, so this rounds once.
+        f16::from_f32(self.to_f32())
+    }
+}
+impl ConvertTo<f32> for f32 {
+    #[inline(always)]
+    fn convert(self) -> f32 {
+        self
+    }
+}
+impl ConvertTo<f32> for f64 {
+    #[inline(always)]
+    fn convert(self) -> f32 {
+        self as f32
+    }
+}
+impl ConvertTo<f32> for f16 {
+    #[inline(always)]
+    fn convert(self) -> f32 {
+        self.to_f32()
+    }
+}
+impl ConvertTo<f32> for bf16 {
+    #[inline(always)]
+    fn convert(self) -> f32 {
+        self.to_f32()
+    }
+}
+
+/// What a pass over one layer found.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct LayerScan {
+    /// Largest |w| in the source (finite values only).
+    pub max_abs: f64,
+    /// First filter (out-channel-major index) holding a NaN or infinity, if any.
+    pub first_nonfinite: Option<(usize, f64)>,
+}
+
+/// Source element index of weight `j` (row-major kh, kw) of filter `k` (out-channel-major).
+#[inline(always)]
+fn src_index(layout: KernelLayout, out: usize, inp: usize, k: usize, j: usize) -> usize {
+    match layout {
+        KernelLayout::Oihw => k * 9 + j,
+        KernelLayout::Hwio => {
+            let (o, i) = (k / inp, k % inp);
+            (j * inp + i) * out + o
+        }
+    }
+}
+
+/// Convert one layer, appending each filter's weights to `cols[j]`.
+///
+/// `bytes` must hold exactly `out * inp * 9` elements of `S` (checked by the caller).
+pub(crate) fn convert_layer<S, D>(
+    bytes: &[u8],
+    layout: KernelLayout,
+    out: usize,
+    inp: usize,
+    cols: &mut [Vec<D>; 9],
+) -> LayerScan
+where
+    S: SrcElem + ConvertTo<D>,
+{
+    let n = out * inp;
+    let mut max_abs = 0f64;
+    let mut all_finite = true;
+    for c in cols.iter_mut() {
+        c.reserve(n);
+    }
+    match layout {
+        KernelLayout::Oihw => {
+            for filter in bytes.chunks_exact(9 * S::SIZE) {
+                for (j, col) in cols.iter_mut().enumerate() {
+                    let v = S::load(&filter[j * S::SIZE..]);
+                    all_finite &= v.is_finite();
+                    let a = v.abs_f64();
+                    if a > max_abs {
+                        max_abs = a;
+                    }
+                    col.push(v.convert());
+                }
+            }
+        }
+        KernelLayout::Hwio => {
+            for k in 0..n {
+                for (j, col) in cols.iter_mut().enumerate() {
+                    let idx = src_index(layout, out, inp, k, j);
+                    let v = S::load(&bytes[idx * S::SIZE..]);
+                    all_finite &= v.is_finite();
+                    let a = v.abs_f64();
+                    if a > max_abs {
+                        max_abs = a;
+                    }
+                    col.push(v.convert());
+                }
+            }
+        }
+    }
+    let first_nonfinite = if all_finite {
+        None
+    } else {
+        (0..n).find_map(|k| {
+            (0..9).find_map(|j| {
+                let v = S::load(&bytes[src_index(layout, out, inp, k, j) * S::SIZE..]);
+                (!v.is_finite()).then(|| {
+                    (
+                        k,
+                        if v.abs_f64().is_nan() {
+                            f64::NAN
+                        } else {
+                            v.abs_f64()
+                        },
+                    )
+                })
+            })
+        })
+    };
+    LayerScan {
+        max_abs,
+        first_nonfinite,
+    }
+}
+
+/// Dispatch on the source dtype.
+pub(crate) fn convert_any<D>(
+    dtype: SourceDtype,
+    bytes: &[u8],
+    layout: KernelLayout,
+    out: usize,
+    inp: usize,
+    cols: &mut [Vec<D>; 9],
+) -> LayerScan
+where
+    f32: ConvertTo<D>,
+    f64: ConvertTo<D>,
+    f16: ConvertTo<D>,
+    bf16: ConvertTo<D>,
+{
+    match dtype {
+        SourceDtype::F32 => convert_layer::<f32, D>(bytes, layout, out, inp, cols),
+        SourceDtype::F64 => convert_layer::<f64, D>(bytes, layout, out, inp, cols),
+        SourceDtype::F16 => convert_layer::<f16, D>(bytes, layout, out, inp, cols),
+        SourceDtype::BF16 => convert_layer::<bf16, D>(bytes, layout, out, inp, cols),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn le_f32(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn oihw_is_row_major_out_channel_major() {
+        // out = 2, in = 1: filter k holds values k*9 .. k*9+8.
+        let vals: Vec<f32> = (0..18).map(|x| x as f32).collect();
+        let mut cols: [Vec<f32>; 9] = Default::default();
+        let scan = convert_layer::<f32, f32>(&le_f32(&vals), KernelLayout::Oihw, 2, 1, &mut cols);
+        assert_eq!(scan.max_abs, 17.0);
+        assert_eq!(scan.first_nonfinite, None);
+        for (j, col) in cols.iter().enumerate() {
+            assert_eq!(col, &vec![j as f32, (9 + j) as f32]);
+        }
+    }
+
+    #[test]
+    fn hwio_matches_transposed_oihw() {
+        let (out, inp) = (3usize, 2usize);
+        // OIHW value for (o, i, j) = o*100 + i*10 + j
+        let oihw: Vec<f32> = (0..out)
+            .flat_map(|o| {
+                (0..inp).flat_map(move |i| (0..9).map(move |j| (o * 100 + i * 10 + j) as f32))
+            })
+            .collect();
+        let mut hwio = vec![0f32; oihw.len()];
+        for o in 0..out {
+            for i in 0..inp {
+                for j in 0..9 {
+                    hwio[(j * inp + i) * out + o] = oihw[(o * inp + i) * 9 + j];
+                }
+            }
+        }
+        let mut a: [Vec<f32>; 9] = Default::default();
+        let mut b: [Vec<f32>; 9] = Default::default();
+        convert_layer::<f32, f32>(&le_f32(&oihw), KernelLayout::Oihw, out, inp, &mut a);
+        convert_layer::<f32, f32>(&le_f32(&hwio), KernelLayout::Hwio, out, inp, &mut b);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn finds_first_nonfinite_filter() {
+        let mut vals = vec![0.5f32; 27];
+        vals[20] = f32::INFINITY;
+        let mut cols: [Vec<f16>; 9] = Default::default();
+        let scan = convert_layer::<f32, f16>(&le_f32(&vals), KernelLayout::Oihw, 3, 1, &mut cols);
+        assert_eq!(scan.first_nonfinite.map(|x| x.0), Some(2));
+        assert_eq!(scan.max_abs, 0.5);
+    }
+
+    #[test]
+    fn f16_rounds_once_from_f64() {
+        // 1 + 2^-11 + 2^-40 rounds up in one step but to even (down) through f32 first.
+        let v = 1.0f64 + 2f64.powi(-11) + 2f64.powi(-40);
+        let bytes: Vec<u8> = std::iter::repeat_n(v, 9)
+            .flat_map(f64::to_le_bytes)
+            .collect();
+        let mut cols: [Vec<f16>; 9] = Default::default();
+        convert_layer::<f64, f16>(&bytes, KernelLayout::Oihw, 1, 1, &mut cols);
+        assert_eq!(cols[0][0], f16::from_f64(v));
+        assert!(cols[0][0] > f16::ONE);
+    }
+}

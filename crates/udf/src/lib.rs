@@ -1,0 +1,55 @@
+//! filterdb's SQL functions, registered by [`register_all`] into every session filterdb
+//! builds (CLI, server, distributed executors).
+//!
+//! Each function lives in one file with its documentation, a plain scalar reference
+//! implementation, the vectorised kernel over Arrow buffers and its tests.
+//!
+//! ```
+//! use datafusion::prelude::SessionContext;
+//! let mut ctx = SessionContext::new();
+//! filterdb_udf::register_all(&mut ctx)?;
+//! assert!(ctx.udf("make_weights").is_ok());
+//! Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::sync::Arc;
+
+use datafusion::common::Result;
+use datafusion::execution::FunctionRegistry;
+use datafusion::logical_expr::ScalarUDF;
+
+pub mod scalar;
+
+/// Every scalar function filterdb defines.
+pub fn all_scalar() -> Vec<Arc<ScalarUDF>> {
+    vec![scalar::make_weights::make_weights_udf()]
+}
+
+/// Register every filterdb function into `registry`.
+///
+/// # Errors
+/// Propagates the registry's error.
+pub fn register_all(registry: &mut dyn FunctionRegistry) -> Result<()> {
+    for f in all_scalar() {
+        registry.register_udf(f)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    #[test]
+    fn no_duplicate_names() {
+        let mut seen = HashSet::new();
+        for f in super::all_scalar() {
+            for n in std::iter::once(f.name()).chain(f.aliases().iter().map(String::as_str)) {
+                assert!(
+                    seen.insert(n.to_ascii_lowercase()),
+                    "duplicate function name {n}"
+                );
+            }
+        }
+    }
+}

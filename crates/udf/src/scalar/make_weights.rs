@@ -1,0 +1,191 @@
+//! `make_weights(w0, ..., w8)`: nine weight columns -> one `FixedSizeList<_, 9>` filter.
+//!
+//! The store keeps a filter's nine weights (row-major (kh, kw)) as nine flat Parquet
+//! columns, which decode fastest; the `filters` view turns them into the `weights`
+//! column with this function. All nine arguments are Float16, or are coerced to one of
+//! Float32 / Float64; the list's element type is that type. A NULL in any argument gives
+//! a NULL filter.
+
+use std::sync::{Arc, LazyLock};
+
+use arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray, PrimitiveArray};
+use arrow::buffer::{NullBuffer, ScalarBuffer};
+use arrow::datatypes::{
+    ArrowPrimitiveType, DataType, Field, Float16Type, Float32Type, Float64Type,
+};
+use datafusion::common::{Result, exec_err, plan_err};
+use datafusion::logical_expr::{
+    ColumnarValue, DocSection, Documentation, DocumentationBuilder, ScalarFunctionArgs, ScalarUDF,
+    ScalarUDFImpl, Signature, Volatility,
+};
+
+/// Scalar reference: the filter assembled from nine values.
+pub fn make_weights_ref<T: Copy>(w: [T; 9]) -> [T; 9] {
+    w
+}
+
+/// Vectorised kernel: interleave nine equally long primitive arrays into one list array.
+pub fn make_weights_kernel<T: ArrowPrimitiveType>(
+    cols: &[&PrimitiveArray<T>],
+) -> Result<FixedSizeListArray> {
+    if cols.len() != 9 {
+        return exec_err!("make_weights expects 9 columns, got {}", cols.len());
+    }
+    let n = cols[0].len();
+    let mut values = Vec::with_capacity(n * 9);
+    let slices: Vec<&[T::Native]> = cols.iter().map(|c| c.values().as_ref()).collect();
+    for i in 0..n {
+        for s in &slices {
+            values.push(s[i]);
+        }
+    }
+    let nulls = cols.iter().fold(None::<NullBuffer>, |acc, c| {
+        NullBuffer::union(acc.as_ref(), c.nulls())
+    });
+    let child = PrimitiveArray::<T>::new(ScalarBuffer::from(values), None);
+    Ok(FixedSizeListArray::try_new(
+        Arc::new(Field::new_list_field(T::DATA_TYPE, true)),
+        9,
+        Arc::new(child),
+        nulls,
+    )?)
+}
+
+/// The `make_weights` SQL function.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct MakeWeightsFunc {
+    signature: Signature,
+}
+
+impl Default for MakeWeightsFunc {
+    fn default() -> Self {
+        Self {
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
+    }
+}
+
+static DOC: LazyLock<Documentation> = LazyLock::new(|| {
+    DocumentationBuilder::new_with_details(
+        DocSection {
+            include: true,
+            label: "Filter functions",
+            description: Some("Functions over 3x3 convolution filters"),
+        },
+        "Builds one 3x3 filter (FixedSizeList of 9, row-major (kh, kw)) from nine weight values. \
+         The `filters` view uses it to present the stored columns w0..w8 as `weights`.",
+        "make_weights(w0, w1, w2, w3, w4, w5, w6, w7, w8)",
+    )
+    .with_argument(
+        "w0..w8",
+        "The nine weights; Float16 stays Float16, other numbers become Float32 (or Float64).",
+    )
+    .with_sql_example("SELECT make_weights(1, 0, 0, 0, 1, 0, 0, 0, 1) AS identity;")
+    .build()
+});
+
+impl ScalarUDFImpl for MakeWeightsFunc {
+    fn name(&self) -> &str {
+        "make_weights"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        if arg_types.len() != 9 {
+            return plan_err!(
+                "make_weights expects 9 arguments (w0..w8), got {}",
+                arg_types.len()
+            );
+        }
+        let mut target = DataType::Float16;
+        for t in arg_types {
+            match t {
+                DataType::Float16 | DataType::Null => {}
+                DataType::Float64 => target = DataType::Float64,
+                t if t.is_numeric() => {
+                    if target != DataType::Float64 {
+                        target = DataType::Float32;
+                    }
+                }
+                other => return plan_err!("make_weights expects numeric arguments, got {other}"),
+            }
+        }
+        Ok(vec![target; 9])
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        let Some(t) = arg_types.first() else {
+            return plan_err!("make_weights expects 9 arguments (w0..w8), got 0");
+        };
+        Ok(DataType::FixedSizeList(
+            Arc::new(Field::new_list_field(t.clone(), true)),
+            9,
+        ))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let arrays: Vec<ArrayRef> = args
+            .args
+            .iter()
+            .map(|a| a.to_array(args.number_rows))
+            .collect::<Result<_>>()?;
+        let out: FixedSizeListArray = match arrays[0].data_type() {
+            DataType::Float16 => make_weights_kernel::<Float16Type>(&prims(&arrays))?,
+            DataType::Float32 => make_weights_kernel::<Float32Type>(&prims(&arrays))?,
+            DataType::Float64 => make_weights_kernel::<Float64Type>(&prims(&arrays))?,
+            other => return exec_err!("make_weights: unexpected argument type {other}"),
+        };
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+
+    fn documentation(&self) -> Option<&Documentation> {
+        Some(&DOC)
+    }
+}
+
+fn prims<T: ArrowPrimitiveType>(arrays: &[ArrayRef]) -> Vec<&PrimitiveArray<T>> {
+    arrays.iter().map(|a| a.as_primitive::<T>()).collect()
+}
+
+/// The singleton `make_weights` UDF.
+pub fn make_weights_udf() -> Arc<ScalarUDF> {
+    static UDF: LazyLock<Arc<ScalarUDF>> =
+        LazyLock::new(|| Arc::new(ScalarUDF::from(MakeWeightsFunc::default())));
+    Arc::clone(&UDF)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Float32Array;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn kernel_matches_reference(rows in proptest::collection::vec(proptest::array::uniform9(-10f32..10f32), 0..64)) {
+            let cols: Vec<Float32Array> = (0..9).map(|j| Float32Array::from_iter_values(rows.iter().map(|r| r[j]))).collect();
+            let refs: Vec<&Float32Array> = cols.iter().collect();
+            let out = make_weights_kernel::<Float32Type>(&refs).unwrap();
+            prop_assert_eq!(out.len(), rows.len());
+            for (i, r) in rows.iter().enumerate() {
+                let v = out.value(i);
+                let v = v.as_primitive::<Float32Type>();
+                prop_assert_eq!(v.values().as_ref(), &make_weights_ref(*r)[..]);
+            }
+        }
+    }
+
+    #[test]
+    fn null_in_any_column_nulls_the_filter() {
+        let mut cols: Vec<Float32Array> =
+            (0..9).map(|_| Float32Array::from(vec![1.0, 2.0])).collect();
+        cols[4] = Float32Array::from(vec![Some(1.0), None]);
+        let refs: Vec<&Float32Array> = cols.iter().collect();
+        let out = make_weights_kernel::<Float32Type>(&refs).unwrap();
+        assert!(out.is_valid(0));
+        assert!(out.is_null(1));
+    }
+}

@@ -1,0 +1,3 @@
+//! Scalar SQL functions.
+
+pub mod make_weights;

@@ -1,0 +1,66 @@
+//! filterdb's ingest: reading trained CNNs, normalising their meta-parameters and
+//! writing them into a [`filterdb_store`] store.
+//!
+//! The pipeline for one model file:
+//!
+//! 1. [`safetensors::read_safetensors`] memory-maps and hashes the file and parses its
+//!    header into a [`RawModel`] (clear errors for missing, empty, truncated or corrupt
+//!    files and unsupported dtypes);
+//! 2. [`card::read_card`] reads an optional TOML model card, validated against
+//!    `schemas/model-card.schema.json`;
+//! 3. [`normalise::normalise`] merges command-line / manifest overrides over the card,
+//!    checks `task` and `visual_category` against the [`vocab`]ularies, orders the 3x3
+//!    layers by [`natural_sort`] of their tensor names and builds a [`ModelInput`] that
+//!    borrows the weights from the map;
+//! 4. [`ingest::ingest_one`] / [`ingest::ingest_manifest`] stage it in the store and
+//!    commit it as a new version (a no-op when the same bytes are already stored).
+//!
+//! [`manifest`] reads bulk-ingest manifests (`.csv` / `.jsonl`), and [`synth`] writes
+//! deterministic synthetic model zoos for tests and benchmarks.
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use filterdb_ingest::{IngestOptions, IngestOutcome, ModelOverrides, ingest_one};
+//! use filterdb_store::Store;
+//!
+//! let store = Store::open("/data/zoo-store")?;
+//! let mut writer = store.writer(true)?;
+//! let outcome = ingest_one(
+//!     &mut writer,
+//!     Path::new("models/resnet18.safetensors"),
+//!     Some(Path::new("models/resnet18.toml")),
+//!     &ModelOverrides::default(),
+//!     &IngestOptions::default(),
+//! )?;
+//! if let IngestOutcome::Committed { version, n_filters, .. } = outcome {
+//!     println!("version {version}: {n_filters} filters");
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod card;
+pub mod error;
+pub mod ingest;
+pub mod manifest;
+pub mod natural_sort;
+pub mod normalise;
+pub mod safetensors;
+pub mod synth;
+pub mod vocab;
+
+pub use filterdb_store::{
+    KernelData, KernelLayout, LayerInput, ModelInput, ModelMeta, SourceDtype, StoreError,
+};
+
+pub use card::{LayerCard, ModelCard, ModelOverrides, parse_card, read_card};
+pub use error::{IngestError, Result, error_chain};
+pub use ingest::{
+    BulkReport, CommittedRow, FailedRow, IngestOptions, IngestOutcome, NoProgress, Progress,
+    SkippedRow, ingest_manifest, ingest_one, vocab_extra,
+};
+pub use manifest::{Manifest, ManifestRow, RowError, read_manifest};
+pub use natural_sort::{natural_cmp, natural_sort};
+pub use normalise::{VocabExtra, normalise};
+pub use safetensors::{RawModel, RawTensor, read_safetensors};
+pub use synth::{GenModel, GenOptions, GenSummary, GenTensor, generate_model, generate_zoo};
+pub use vocab::canonicalise;

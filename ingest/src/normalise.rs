@@ -1,0 +1,548 @@
+//! From a parsed file plus card and overrides to the store's [`ModelInput`].
+//!
+//! - Model fields: command line / manifest row ([`ModelOverrides`]) win over the card;
+//!   the name defaults to the file stem; `task` and `visual_category` are checked against
+//!   the vocabulary and get their canonical spelling.
+//! - Every rank-4 tensor is a convolution: its kernels are counted per spatial shape into
+//!   `kernel_shape_counts` (`"(kh, kw)"`); those with a 3x3 kernel become layers.
+//! - Layers are ordered by natural sort of their tensor names. `conv_depth` is the index
+//!   in that order (`depth_rule = "name_order"`), unless the card gives `conv_depth` for
+//!   the layers (`"card"`, then for all 3x3 layers); `conv_depth_norm` divides the level
+//!   index by the number of distinct levels - 1 (0 for a single level).
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::card::{ModelCard, ModelOverrides};
+use crate::error::{IngestError, Result};
+use crate::safetensors::{RawModel, RawTensor};
+use crate::vocab::{KIND_TASK, KIND_VISUAL_CATEGORY, canonicalise};
+use crate::{KernelData, KernelLayout, LayerInput, ModelInput, ModelMeta};
+
+/// `depth_rule` of layers ordered by tensor name.
+pub const DEPTH_RULE_NAME_ORDER: &str = "name_order";
+/// `depth_rule` of layers whose depth the card gives.
+pub const DEPTH_RULE_CARD: &str = "card";
+
+/// The store's user-added vocabulary values, passed to [`normalise`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VocabExtra {
+    /// Extra `task` values.
+    pub tasks: Vec<String>,
+    /// Extra `visual_category` values.
+    pub visual_categories: Vec<String>,
+}
+
+/// Spatial and channel dimensions of a rank-4 tensor under a layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvDims {
+    /// Kernel height.
+    pub kh: usize,
+    /// Kernel width.
+    pub kw: usize,
+    /// Output channels.
+    pub out_channels: usize,
+    /// Input channels per group.
+    pub in_channels: usize,
+}
+
+/// Reads the dimensions of a rank-4 shape in `layout`; `None` if it is not rank 4.
+pub fn conv_dims(shape: &[usize], layout: KernelLayout) -> Option<ConvDims> {
+    let &[a, b, c, d] = shape else {
+        return None;
+    };
+    Some(match layout {
+        KernelLayout::Oihw => ConvDims {
+            kh: c,
+            kw: d,
+            out_channels: a,
+            in_channels: b,
+        },
+        KernelLayout::Hwio => ConvDims {
+            kh: a,
+            kw: b,
+            out_channels: d,
+            in_channels: c,
+        },
+    })
+}
+
+fn layout_name(layout: KernelLayout) -> &'static str {
+    match layout {
+        KernelLayout::Oihw => "oihw",
+        KernelLayout::Hwio => "hwio",
+    }
+}
+
+fn list_examples<'s>(items: impl Iterator<Item = String> + 's, max: usize) -> String {
+    let all: Vec<String> = items.collect();
+    let mut s = all.iter().take(max).cloned().collect::<Vec<_>>().join(", ");
+    if all.len() > max {
+        s.push_str(&format!(", ... ({} in all)", all.len()));
+    }
+    if s.is_empty() {
+        s.push_str("no tensors at all");
+    }
+    s
+}
+
+/// Builds the store's [`ModelInput`] for one parsed file.
+///
+/// `overrides` (command line or manifest row) win over `card`; `vocab` holds the store's
+/// user-added vocabulary values. The layers borrow their bytes from `raw`.
+///
+/// # Errors
+/// [`IngestError::NoConvKernels`] if no rank-4 tensor has a 3x3 kernel;
+/// [`IngestError::UnknownVocabulary`] for a task or visual category not in the
+/// vocabulary; [`IngestError::CardLayers`] if the card names tensors the file lacks,
+/// gives `conv_depth` for only some 3x3 layers, or gives `groups` that do not divide the
+/// output channels.
+pub fn normalise<'a>(
+    raw: &'a RawModel,
+    card: Option<&ModelCard>,
+    overrides: &ModelOverrides,
+    vocab: &VocabExtra,
+) -> Result<ModelInput<'a>> {
+    let no_card = ModelOverrides::default();
+    let fields = overrides.or(card.map_or(&no_card, |c| &c.fields));
+    let layout = fields.layout.unwrap_or_default();
+    let mut report: Vec<String> = raw.report().to_vec();
+
+    let mut kernel_shape_counts: BTreeMap<String, u64> = BTreeMap::new();
+    let mut conv_tensors = 0u64;
+    let mut layers3: Vec<(RawTensor<'a>, ConvDims)> = Vec::new();
+    let mut other_kernels: Vec<String> = Vec::new();
+    let mut empty: Vec<String> = Vec::new();
+    for t in raw.tensors() {
+        let Some(d) = conv_dims(t.shape, layout) else {
+            continue;
+        };
+        if t.shape.contains(&0) {
+            empty.push(format!("{} {:?}", t.name, t.shape));
+            continue;
+        }
+        conv_tensors += 1;
+        *kernel_shape_counts
+            .entry(format!("({}, {})", d.kh, d.kw))
+            .or_insert(0) += (d.out_channels as u64) * (d.in_channels as u64);
+        if d.kh == 3 && d.kw == 3 {
+            layers3.push((t, d));
+        } else {
+            other_kernels.push(format!("{} {:?}", t.name, t.shape));
+        }
+    }
+    if !empty.is_empty() {
+        report.push(format!(
+            "skipped {} rank-4 tensor(s) with a zero dimension: {}",
+            empty.len(),
+            list_examples(empty.into_iter(), 5)
+        ));
+    }
+    if !other_kernels.is_empty() {
+        report.push(format!(
+            "{} convolution tensor(s) with kernels other than 3x3 counted in \
+             kernel_shape_counts but not stored ({}): {}",
+            other_kernels.len(),
+            layout_name(layout),
+            list_examples(other_kernels.into_iter(), 5)
+        ));
+    }
+    if layers3.is_empty() {
+        return Err(IngestError::NoConvKernels {
+            path: raw.path().to_owned(),
+            layout: layout_name(layout),
+            found: list_examples(
+                raw.tensors()
+                    .map(|t| format!("{} {:?} {}", t.name, t.shape, t.dtype)),
+                8,
+            ),
+        });
+    }
+
+    // Card per-layer entries.
+    let (depths, groups) = match card {
+        Some(card) => card_layers(card, raw, &layers3)?,
+        None => (None, vec![1; layers3.len()]),
+    };
+    let (conv_depth, conv_depth_norm, rule): (Vec<i64>, Vec<f64>, &str) = match depths {
+        Some(depths) => {
+            let levels: Vec<i64> = depths
+                .iter()
+                .copied()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let norm = depths
+                .iter()
+                .map(|d| {
+                    let idx = levels.binary_search(d).unwrap_or(0);
+                    level_norm(idx, levels.len())
+                })
+                .collect();
+            if levels.len() == 1 {
+                report.push("single conv level: conv_depth_norm is 0 for every layer".to_owned());
+            }
+            (depths, norm, DEPTH_RULE_CARD)
+        }
+        None => {
+            let n = layers3.len();
+            report.push(
+                "conv_depth from the natural order of tensor names, not from a graph".to_owned(),
+            );
+            if n == 1 {
+                report.push("single conv level: conv_depth_norm is 0".to_owned());
+            }
+            (
+                (0..n as i64).collect(),
+                (0..n).map(|i| level_norm(i, n)).collect(),
+                DEPTH_RULE_NAME_ORDER,
+            )
+        }
+    };
+
+    let mut layers = Vec::with_capacity(layers3.len());
+    for (i, (t, d)) in layers3.iter().enumerate() {
+        let Some(dtype) = t.source_dtype else {
+            // read_safetensors rejects rank-4 tensors of other dtypes
+            return Err(IngestError::UnsupportedDtype {
+                path: raw.path().to_owned(),
+                tensor: t.name.to_owned(),
+                dtype: t.dtype.to_string(),
+                shape: t.shape.to_vec(),
+            });
+        };
+        layers.push(LayerInput {
+            layer_name: t.name.to_owned(),
+            conv_depth: conv_depth[i],
+            conv_depth_norm: conv_depth_norm[i],
+            depth_rule: rule.to_owned(),
+            out_channels: d.out_channels,
+            in_channels: d.in_channels,
+            groups: groups[i],
+            weights: KernelData {
+                dtype,
+                layout,
+                bytes: Cow::Borrowed(t.bytes),
+            },
+        });
+    }
+
+    let task = fields
+        .task
+        .as_deref()
+        .map(|v| canonicalise(KIND_TASK, v, &vocab.tasks))
+        .transpose()?;
+    let visual_category = fields
+        .visual_category
+        .as_deref()
+        .map(|v| canonicalise(KIND_VISUAL_CATEGORY, v, &vocab.visual_categories))
+        .transpose()?;
+    let name = match fields.name.clone() {
+        Some(n) => n,
+        None => raw
+            .path()
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "model".to_owned()),
+    };
+    let mut extra = BTreeMap::new();
+    for (k, v) in [
+        ("paper", &fields.paper),
+        ("url", &fields.url),
+        ("notes", &fields.notes),
+    ] {
+        if let Some(v) = v {
+            extra.insert(k.to_owned(), v.clone());
+        }
+    }
+    extra.insert("layout".to_owned(), layout_name(layout).to_owned());
+    if let Some(card) = card {
+        extra.insert("card".to_owned(), card.path.display().to_string());
+    }
+
+    Ok(ModelInput {
+        meta: ModelMeta {
+            name,
+            architecture: fields.architecture,
+            task,
+            training_dataset: fields.training_dataset,
+            pretraining_dataset: fields.pretraining_dataset,
+            visual_category,
+            source_format: "safetensors".to_owned(),
+            source_path: raw.path().display().to_string(),
+            source_sha256: raw.sha256().to_owned(),
+            source_bytes: raw.file_bytes(),
+            depth: None,
+            kernel_shape_counts,
+            conv_tensors,
+            extra,
+            report,
+        },
+        layers,
+    })
+}
+
+fn level_norm(idx: usize, levels: usize) -> f64 {
+    if levels <= 1 {
+        0.0
+    } else {
+        idx as f64 / (levels - 1) as f64
+    }
+}
+
+type CardLayerResult = (Option<Vec<i64>>, Vec<i64>);
+
+fn card_layers(
+    card: &ModelCard,
+    raw: &RawModel,
+    layers3: &[(RawTensor<'_>, ConvDims)],
+) -> Result<CardLayerResult> {
+    let err = |detail: String| IngestError::CardLayers {
+        path: card.path.clone(),
+        detail,
+    };
+    let known: BTreeSet<&str> = raw.tensors().map(|t| t.name).collect();
+    let unknown: Vec<&str> = card
+        .layers
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !known.contains(k))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(err(format!(
+            "[layers] names tensor(s) not in {}: {}",
+            raw.path().display(),
+            unknown.join(", ")
+        )));
+    }
+    let mut depths = Vec::with_capacity(layers3.len());
+    let mut missing = Vec::new();
+    let mut groups = Vec::with_capacity(layers3.len());
+    for (t, d) in layers3 {
+        let entry = card.layers.get(t.name);
+        match entry.and_then(|e| e.conv_depth) {
+            Some(cd) => depths.push(cd),
+            None => missing.push(t.name),
+        }
+        let g = entry.and_then(|e| e.groups).unwrap_or(1);
+        if g < 1 || d.out_channels % (g as usize) != 0 {
+            return Err(err(format!(
+                "layer {}: groups = {g} must be >= 1 and divide its {} output channels",
+                t.name, d.out_channels
+            )));
+        }
+        groups.push(g);
+    }
+    let depths = if depths.is_empty() {
+        None
+    } else if !missing.is_empty() {
+        return Err(err(format!(
+            "gives conv_depth for {} of the {} 3x3 layers; give it for all or none. Missing: {}",
+            depths.len(),
+            layers3.len(),
+            list_examples(missing.iter().map(|s| (*s).to_owned()), 8)
+        )));
+    } else {
+        Some(depths)
+    };
+    Ok((depths, groups))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::card::parse_card;
+    use crate::safetensors::tests::{build, f32_bytes};
+    use std::path::Path;
+
+    fn raw(tensors: &[(&str, &str, Vec<usize>, Vec<u8>)]) -> RawModel {
+        RawModel::from_bytes(Path::new("zoo/net.safetensors"), build(tensors)).unwrap()
+    }
+
+    fn sample() -> RawModel {
+        raw(&[
+            ("layer10.weight", "F32", vec![4, 2, 3, 3], f32_bytes(72)),
+            ("layer2.weight", "F32", vec![2, 3, 3, 3], f32_bytes(54)),
+            ("layer3.weight", "F32", vec![2, 2, 3, 3], f32_bytes(36)),
+            ("down.weight", "F32", vec![4, 2, 1, 1], f32_bytes(8)),
+            ("fc.weight", "F32", vec![10, 4], f32_bytes(40)),
+        ])
+    }
+
+    #[test]
+    fn name_order_defaults() {
+        let r = sample();
+        let m = normalise(&r, None, &ModelOverrides::default(), &VocabExtra::default()).unwrap();
+        assert_eq!(m.meta.name, "net");
+        assert_eq!(m.meta.source_format, "safetensors");
+        assert_eq!(m.meta.conv_tensors, 4);
+        assert_eq!(m.meta.kernel_shape_counts["(3, 3)"], 8 + 6 + 4);
+        assert_eq!(m.meta.kernel_shape_counts["(1, 1)"], 8);
+        let names: Vec<&str> = m.layers.iter().map(|l| l.layer_name.as_str()).collect();
+        assert_eq!(
+            names,
+            vec!["layer2.weight", "layer3.weight", "layer10.weight"]
+        );
+        let d: Vec<i64> = m.layers.iter().map(|l| l.conv_depth).collect();
+        assert_eq!(d, vec![0, 1, 2]);
+        let n: Vec<f64> = m.layers.iter().map(|l| l.conv_depth_norm).collect();
+        assert_eq!(n, vec![0.0, 0.5, 1.0]);
+        assert!(
+            m.layers
+                .iter()
+                .all(|l| l.depth_rule == "name_order" && l.groups == 1)
+        );
+        assert_eq!(m.layers[2].out_channels, 4);
+        assert_eq!(m.layers[2].in_channels, 2);
+        assert_eq!(m.n_filters(), 18);
+        assert_eq!(&*m.layers[0].weights.bytes, &f32_bytes(54)[..]);
+        let report = m.meta.report.join("\n");
+        assert!(report.contains("fc.weight [10, 4]"), "{report}");
+        assert!(report.contains("down.weight [4, 2, 1, 1]"), "{report}");
+        assert!(report.contains("not from a graph"), "{report}");
+    }
+
+    #[test]
+    fn hwio_layout() {
+        let r = raw(&[
+            ("conv_a", "F32", vec![3, 3, 2, 5], f32_bytes(90)),
+            ("conv_b", "F32", vec![2, 5, 3, 3], f32_bytes(90)),
+        ]);
+        let o = ModelOverrides {
+            layout: Some(KernelLayout::Hwio),
+            ..Default::default()
+        };
+        let m = normalise(&r, None, &o, &VocabExtra::default()).unwrap();
+        assert_eq!(m.layers.len(), 1);
+        assert_eq!(m.layers[0].layer_name, "conv_a");
+        assert_eq!((m.layers[0].out_channels, m.layers[0].in_channels), (5, 2));
+        assert_eq!(m.layers[0].weights.layout, KernelLayout::Hwio);
+        assert_eq!(m.meta.kernel_shape_counts["(2, 5)"], 9);
+        assert_eq!(m.layers[0].conv_depth_norm, 0.0);
+        assert!(
+            m.meta
+                .report
+                .iter()
+                .any(|l| l.contains("single conv level"))
+        );
+        // the same file read as OIHW sees conv_b as the 3x3 layer
+        let m = normalise(&r, None, &ModelOverrides::default(), &VocabExtra::default()).unwrap();
+        assert_eq!(m.layers[0].layer_name, "conv_b");
+        assert_eq!((m.layers[0].out_channels, m.layers[0].in_channels), (2, 5));
+    }
+
+    #[test]
+    fn no_3x3_kernels() {
+        let r = raw(&[
+            ("a.weight", "F32", vec![4, 2, 1, 1], f32_bytes(8)),
+            ("b", "F32", vec![3], f32_bytes(3)),
+        ]);
+        let e =
+            normalise(&r, None, &ModelOverrides::default(), &VocabExtra::default()).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, IngestError::NoConvKernels { .. }));
+        assert!(msg.contains("zoo/net.safetensors"), "{msg}");
+        assert!(msg.contains("a.weight [4, 2, 1, 1] F32"), "{msg}");
+    }
+
+    #[test]
+    fn card_and_overrides() {
+        let r = sample();
+        let card = parse_card(
+            r#"
+name = "card-name"
+task = "object detection"
+visual_category = "medical x-ray"
+paper = "P"
+[layers."layer2.weight"]
+conv_depth = 0
+[layers."layer3.weight"]
+conv_depth = 4
+groups = 2
+[layers."layer10.weight"]
+conv_depth = 4
+"#,
+            Path::new("net.toml"),
+        )
+        .unwrap();
+        let cli = ModelOverrides {
+            name: Some("cli-name".into()),
+            ..Default::default()
+        };
+        let m = normalise(&r, Some(&card), &cli, &VocabExtra::default()).unwrap();
+        assert_eq!(m.meta.name, "cli-name");
+        assert_eq!(m.meta.task.as_deref(), Some("Object Detection"));
+        assert_eq!(m.meta.visual_category.as_deref(), Some("Medical X-Ray"));
+        assert_eq!(m.meta.extra["paper"], "P");
+        let d: Vec<(i64, f64, i64)> = m
+            .layers
+            .iter()
+            .map(|l| (l.conv_depth, l.conv_depth_norm, l.groups))
+            .collect();
+        assert_eq!(d, vec![(0, 0.0, 1), (4, 1.0, 2), (4, 1.0, 1)]);
+        assert!(m.layers.iter().all(|l| l.depth_rule == "card"));
+    }
+
+    #[test]
+    fn card_must_give_all_depths() {
+        let r = sample();
+        let card = parse_card(
+            "[layers.\"layer2.weight\"]\nconv_depth = 0\n",
+            Path::new("net.toml"),
+        )
+        .unwrap();
+        let e = normalise(
+            &r,
+            Some(&card),
+            &ModelOverrides::default(),
+            &VocabExtra::default(),
+        )
+        .unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("net.toml"), "{msg}");
+        assert!(msg.contains("layer3.weight"), "{msg}");
+        assert!(msg.contains("1 of the 3"), "{msg}");
+
+        let card = parse_card("[layers.\"nope\"]\ngroups = 1\n", Path::new("net.toml")).unwrap();
+        let e = normalise(
+            &r,
+            Some(&card),
+            &ModelOverrides::default(),
+            &VocabExtra::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("nope"), "{e}");
+
+        let card = parse_card(
+            "[layers.\"layer2.weight\"]\ngroups = 3\n",
+            Path::new("net.toml"),
+        )
+        .unwrap();
+        let e = normalise(
+            &r,
+            Some(&card),
+            &ModelOverrides::default(),
+            &VocabExtra::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("groups = 3"), "{e}");
+    }
+
+    #[test]
+    fn vocabulary_is_checked() {
+        let r = sample();
+        let o = ModelOverrides {
+            task: Some("galaxy morphology".into()),
+            ..Default::default()
+        };
+        let e = normalise(&r, None, &o, &VocabExtra::default()).unwrap_err();
+        assert!(matches!(e, IngestError::UnknownVocabulary { .. }));
+        let v = VocabExtra {
+            tasks: vec!["Galaxy Morphology".into()],
+            ..Default::default()
+        };
+        let m = normalise(&r, None, &o, &v).unwrap();
+        assert_eq!(m.meta.task.as_deref(), Some("Galaxy Morphology"));
+    }
+}

@@ -1,0 +1,125 @@
+//! Helpers shared by the integration tests: running the binary, fixture stores.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The `filterdb` binary under test.
+pub fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_filterdb"));
+    c.env_remove("FILTERDB_STORE");
+    c
+}
+
+/// Run `filterdb ARGS`, returning the output (whatever the exit code).
+pub fn run(args: &[&str]) -> Output {
+    bin()
+        .args(args)
+        .output()
+        .expect("running the filterdb binary")
+}
+
+/// Run `filterdb ARGS` and require success; returns stdout.
+pub fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "filterdb {args:?} failed with {}:\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Run `filterdb ARGS` and require failure; returns stderr.
+pub fn fails(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        !out.status.success(),
+        "filterdb {args:?} should have failed:\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A path as &str (test paths are UTF-8).
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 test path")
+}
+
+/// A small deterministic zoo (safetensors + cards + manifest.csv), generated once per test run.
+pub fn zoo() -> &'static Path {
+    static ZOO: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    let (_, p) = ZOO.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("zoo");
+        ok(&[
+            "gen",
+            s(&p),
+            "--models",
+            "6",
+            "--seed",
+            "7",
+            "--max-channels",
+            "32",
+            "--max-layers",
+            "6",
+        ]);
+        (dir, p)
+    });
+    p
+}
+
+/// A store of `precision` holding [`zoo`], ingested in manifest order (deterministic ids).
+pub fn fixture_store(precision: &str) -> &'static Path {
+    static F16: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    static F32: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    let cell = if precision == "f16" { &F16 } else { &F32 };
+    let (_, p) = cell.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("store");
+        ok(&["init", s(&p), "--precision", precision]);
+        ok(&[
+            "ingest",
+            "--store",
+            s(&p),
+            "--manifest",
+            s(&zoo().join("manifest.csv")),
+            "--threads",
+            "1",
+        ]);
+        (dir, p)
+    });
+    p
+}
+
+/// Every file under `root`, relative, with its size and modification time (to prove a store unchanged).
+pub fn tree_state(root: &Path) -> Vec<(String, u64)> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, u64)>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                let rel = p
+                    .strip_prefix(root)
+                    .unwrap_or(&p)
+                    .to_string_lossy()
+                    .into_owned();
+                if rel == "_lock" {
+                    continue;
+                }
+                out.push((rel, e.metadata().map(|m| m.len()).unwrap_or(0)));
+            }
+        }
+    }
+    let mut v = Vec::new();
+    walk(root, root, &mut v);
+    v.sort();
+    v
+}
