@@ -115,7 +115,7 @@ fn stored_weights(store: &Path, precision: &str) -> Vec<(String, i32, i32, Vec<f
         let oc = b.column(1).as_primitive::<arrow::datatypes::Int32Type>();
         let ic = b.column(2).as_primitive::<arrow::datatypes::Int32Type>();
         let w = b.column(3).as_fixed_size_list();
-        for i in 0..b.num_rows() {
+        for (i, name) in names.into_iter().enumerate() {
             let v = w.value(i);
             let vals: Vec<f32> = if precision == "f16" {
                 v.as_primitive::<Float16Type>()
@@ -126,7 +126,7 @@ fn stored_weights(store: &Path, precision: &str) -> Vec<(String, i32, i32, Vec<f
             } else {
                 v.as_primitive::<Float32Type>().values().to_vec()
             };
-            out.push((names[i].clone(), oc.value(i), ic.value(i), vals));
+            out.push((name, oc.value(i), ic.value(i), vals));
         }
     }
     out

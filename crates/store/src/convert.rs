@@ -75,8 +75,28 @@ impl ConvertTo<f16> for f32 {
 impl ConvertTo<f16> for f64 {
     #[inline(always)]
     fn convert(self) -> f16 {
-        f16::from_f64(self)
+        f64_to_f16(self)
     }
+}
+
+/// Correctly rounded f64 -> f16 (nearest, ties to even).
+///
+/// `half`'s `f16::from_f64` rounds through f32 and so can round twice (for example
+/// `1 + 2^-11 + 2^-40` becomes 1.0). Rounding to f32 *to odd* first keeps the sticky
+/// information, and f32 has more than two extra bits, so the second rounding is exact.
+pub(crate) fn f64_to_f16(x: f64) -> f16 {
+    let mut f = x as f32;
+    if f.is_finite() && f64::from(f) != x && f.to_bits() & 1 == 0 {
+        // Move one ulp towards x: the result's last bit becomes 1 ("odd").
+        let bits = f.to_bits();
+        let toward_larger_magnitude = f64::from(f).abs() < x.abs();
+        f = f32::from_bits(if toward_larger_magnitude {
+            bits + 1
+        } else {
+            bits - 1
+        });
+    }
+    f16::from_f32(f)
 }
 impl ConvertTo<f16> for f16 {
     #[inline(always)]
@@ -181,6 +201,18 @@ where
                         max_abs = a;
                     }
                     col.push(v.convert());
+                }
+            }
+        }
+    }
+    if !all_finite {
+        // Slow path, only for layers holding NaN / infinity: the maximum of the finite values.
+        max_abs = 0.0;
+        for k in 0..n {
+            for j in 0..9 {
+                let v = S::load(&bytes[src_index(layout, out, inp, k, j) * S::SIZE..]);
+                if v.is_finite() {
+                    max_abs = max_abs.max(v.abs_f64());
                 }
             }
         }
@@ -297,7 +329,19 @@ mod tests {
             .collect();
         let mut cols: [Vec<f16>; 9] = Default::default();
         convert_layer::<f64, f16>(&bytes, KernelLayout::Oihw, 1, 1, &mut cols);
-        assert_eq!(cols[0][0], f16::from_f64(v));
         assert!(cols[0][0] > f16::ONE);
+        assert_eq!(cols[0][0], f16::from_f32(1.0 + 2f32.powi(-10)));
+    }
+
+    proptest::proptest! {
+        /// Against an exact reference: the nearest f16 by comparing distances in f64.
+        #[test]
+        fn f64_to_f16_is_correctly_rounded(x in -70000f64..70000f64) {
+            let got = f64_to_f16(x);
+            let lo = f16::from_f64(x); // within one ulp
+            let cands = [f16::from_bits(lo.to_bits().wrapping_sub(1)), lo, f16::from_bits(lo.to_bits().wrapping_add(1))];
+            let best = cands.iter().filter(|c| c.is_finite()).map(|c| (f64::from(c.to_f32()) - x).abs()).fold(f64::INFINITY, f64::min);
+            proptest::prop_assert!((f64::from(got.to_f32()) - x).abs() <= best || !got.is_finite());
+        }
     }
 }

@@ -167,3 +167,35 @@ pub fn schema_to_json(schema: &Schema) -> serde_json::Value {
             .collect(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `schemas/<table>.schema.json` must describe the schemas this code writes.
+    /// `FILTERDB_BLESS=1 cargo test -p filterdb-store` rewrites them.
+    #[test]
+    fn schema_files_match_the_code() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas");
+        let tables = [
+            ("models", models_schema()),
+            ("layers", layers_schema()),
+            ("filters_f16", filters_schema(Precision::F16)),
+            ("filters_f32", filters_schema(Precision::F32)),
+        ];
+        for (name, schema) in tables {
+            let path = dir.join(format!("{name}.schema.json"));
+            let want = serde_json::to_string_pretty(&schema_to_json(&schema)).unwrap() + "\n";
+            if std::env::var_os("FILTERDB_BLESS").is_some() {
+                std::fs::write(&path, &want).unwrap();
+            }
+            let got = std::fs::read_to_string(&path).unwrap_or_default();
+            assert_eq!(
+                got,
+                want,
+                "{} is stale: run FILTERDB_BLESS=1 cargo test -p filterdb-store",
+                path.display()
+            );
+        }
+    }
+}

@@ -5,10 +5,11 @@
 //! implementation, the vectorised kernel over Arrow buffers and its tests.
 //!
 //! ```
+//! use datafusion::execution::FunctionRegistry;
 //! use datafusion::prelude::SessionContext;
 //! let mut ctx = SessionContext::new();
 //! filterdb_udf::register_all(&mut ctx)?;
-//! assert!(ctx.udf("make_weights").is_ok());
+//! assert!(ctx.udfs().contains("make_weights"));
 //! Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
