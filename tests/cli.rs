@@ -202,7 +202,9 @@ fn check_round_trip(precision: &str) {
         .unwrap()
         .to_string();
     assert!(
-        text.contains("features.conv2.weight  | 0          | 0.0") && text.contains("| 1.0 "),
+        // conv levels in name order: big (5x5) 0, conv2 1, conv10 2, dw3 3, proj (1x1) 4
+        text.contains("features.conv2.weight  | 1          | 0.25")
+            && text.contains("features.dw3.weight    | 3          | 0.75"),
         "{text}"
     );
     assert!(text.contains("name_order"), "{text}");

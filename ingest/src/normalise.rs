@@ -5,10 +5,12 @@
 //!   the vocabulary and get their canonical spelling.
 //! - Every rank-4 tensor is a convolution: its kernels are counted per spatial shape into
 //!   `kernel_shape_counts` (`"(kh, kw)"`); those with a 3x3 kernel become layers.
-//! - Layers are ordered by natural sort of their tensor names. `conv_depth` is the index
-//!   in that order (`depth_rule = "name_order"`), unless the card gives `conv_depth` for
-//!   the layers (`"card"`, then for all 3x3 layers); `conv_depth_norm` divides the level
-//!   index by the number of distinct levels - 1 (0 for a single level).
+//! - Layers are ordered by natural sort of their tensor names. `conv_depth` is a layer's
+//!   position among *all* convolution tensors (any kernel size) in that order, as the
+//!   paper's graph rule counts every conv level (`depth_rule = "name_order"`), unless the
+//!   card gives `conv_depth` for the layers (`"card"`, then for all 3x3 layers);
+//!   `conv_depth_norm` divides the level index by the number of levels - 1 (0 for a
+//!   single level).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -111,6 +113,7 @@ pub fn normalise<'a>(
     let mut kernel_shape_counts: BTreeMap<String, u64> = BTreeMap::new();
     let mut conv_tensors = 0u64;
     let mut layers3: Vec<(RawTensor<'a>, ConvDims)> = Vec::new();
+    let mut positions: Vec<i64> = Vec::new();
     let mut other_kernels: Vec<String> = Vec::new();
     let mut empty: Vec<String> = Vec::new();
     for t in raw.tensors() {
@@ -121,12 +124,14 @@ pub fn normalise<'a>(
             empty.push(format!("{} {:?}", t.name, t.shape));
             continue;
         }
+        let position = conv_tensors;
         conv_tensors += 1;
         *kernel_shape_counts
             .entry(format!("({}, {})", d.kh, d.kw))
             .or_insert(0) += (d.out_channels as u64) * (d.in_channels as u64);
         if d.kh == 3 && d.kw == 3 {
             layers3.push((t, d));
+            positions.push(position as i64);
         } else {
             other_kernels.push(format!("{} {:?}", t.name, t.shape));
         }
@@ -185,18 +190,20 @@ pub fn normalise<'a>(
             (depths, norm, DEPTH_RULE_CARD)
         }
         None => {
-            let n = layers3.len();
+            // Every convolution (any kernel size) is a level, as in the paper's graph
+            // rule; the 3x3 layers take their position among them.
+            let n = conv_tensors as usize;
             report.push(
                 "conv_depth from the natural order of tensor names, not from a graph".to_owned(),
             );
             if n == 1 {
                 report.push("single conv level: conv_depth_norm is 0".to_owned());
             }
-            (
-                (0..n as i64).collect(),
-                (0..n).map(|i| level_norm(i, n)).collect(),
-                DEPTH_RULE_NAME_ORDER,
-            )
+            let norm = positions
+                .iter()
+                .map(|&p| level_norm(p as usize, n))
+                .collect();
+            (positions.clone(), norm, DEPTH_RULE_NAME_ORDER)
         }
     };
 
@@ -385,9 +392,10 @@ mod tests {
             vec!["layer2.weight", "layer3.weight", "layer10.weight"]
         );
         let d: Vec<i64> = m.layers.iter().map(|l| l.conv_depth).collect();
-        assert_eq!(d, vec![0, 1, 2]);
+        // down.weight (1x1) is conv level 0 in name order.
+        assert_eq!(d, vec![1, 2, 3]);
         let n: Vec<f64> = m.layers.iter().map(|l| l.conv_depth_norm).collect();
-        assert_eq!(n, vec![0.0, 0.5, 1.0]);
+        assert_eq!(n, vec![1.0 / 3.0, 2.0 / 3.0, 1.0]);
         assert!(
             m.layers
                 .iter()
@@ -419,9 +427,13 @@ mod tests {
         assert_eq!((m.layers[0].out_channels, m.layers[0].in_channels), (5, 2));
         assert_eq!(m.layers[0].weights.layout, KernelLayout::Hwio);
         assert_eq!(m.meta.kernel_shape_counts["(2, 5)"], 9);
-        assert_eq!(m.layers[0].conv_depth_norm, 0.0);
+        // conv_a and conv_b are two conv levels; conv_a is the first.
+        assert_eq!(
+            (m.layers[0].conv_depth, m.layers[0].conv_depth_norm),
+            (0, 0.0)
+        );
         assert!(
-            m.meta
+            !m.meta
                 .report
                 .iter()
                 .any(|l| l.contains("single conv level"))
