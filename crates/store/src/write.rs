@@ -5,18 +5,18 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, Float16Array, Float32Array, Float64Array, Int32Array, Int64Array, RecordBatch,
-    StringArray, TimestampMillisecondArray,
+    ArrayRef, Float64Array, Int32Array, Int64Array, PrimitiveArray, RecordBatch, StringArray,
+    TimestampMillisecondArray,
 };
 use arrow::buffer::ScalarBuffer;
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{ArrowPrimitiveType, Float16Type, Float32Type, SchemaRef};
 use half::f16;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterVersion};
 use parquet::schema::types::ColumnPath;
 
-use crate::convert::{LayerScan, convert_any};
+use crate::convert::{ConvertTo, LayerScan, convert_any};
 use crate::error::{IoContext, Result, StoreError};
 use crate::input::{KernelData, ModelInput};
 use crate::schema::{Precision, WEIGHT_COLUMNS, filters_schema, layers_schema, models_schema};
@@ -124,39 +124,9 @@ fn write_filters(
             out,
             inp,
         )?;
-        let (weights, scan): (Vec<ArrayRef>, LayerScan) = match precision {
-            Precision::F16 => {
-                let mut cols: [Vec<f16>; 9] = Default::default();
-                let scan = convert_any(
-                    layer.weights.dtype,
-                    &layer.weights.bytes,
-                    layer.weights.layout,
-                    out,
-                    inp,
-                    &mut cols,
-                );
-                let arrays = cols
-                    .into_iter()
-                    .map(|c| Arc::new(Float16Array::new(ScalarBuffer::from(c), None)) as ArrayRef)
-                    .collect();
-                (arrays, scan)
-            }
-            Precision::F32 => {
-                let mut cols: [Vec<f32>; 9] = Default::default();
-                let scan = convert_any(
-                    layer.weights.dtype,
-                    &layer.weights.bytes,
-                    layer.weights.layout,
-                    out,
-                    inp,
-                    &mut cols,
-                );
-                let arrays = cols
-                    .into_iter()
-                    .map(|c| Arc::new(Float32Array::new(ScalarBuffer::from(c), None)) as ArrayRef)
-                    .collect();
-                (arrays, scan)
-            }
+        let (weights, scan) = match precision {
+            Precision::F16 => convert_to_arrays::<Float16Type>(&layer.weights, out, inp),
+            Precision::F32 => convert_to_arrays::<Float32Type>(&layer.weights, out, inp),
         };
         if !opts.allow_nonfinite {
             if let Some((filter, value)) = scan.first_nonfinite {
@@ -207,6 +177,24 @@ fn write_filters(
     file.sync_all().ctx("syncing", path)?;
     let bytes = file.metadata().ctx("reading size of", path)?.len();
     Ok((stats, bytes))
+}
+
+/// Convert one layer's tensor into the nine weight arrays of element type `T`.
+fn convert_to_arrays<T>(w: &KernelData<'_>, out: usize, inp: usize) -> (Vec<ArrayRef>, LayerScan)
+where
+    T: ArrowPrimitiveType,
+    f32: ConvertTo<T::Native>,
+    f64: ConvertTo<T::Native>,
+    f16: ConvertTo<T::Native>,
+    half::bf16: ConvertTo<T::Native>,
+{
+    let mut cols: [Vec<T::Native>; 9] = Default::default();
+    let scan = convert_any(w.dtype, &w.bytes, w.layout, out, inp, &mut cols);
+    let arrays = cols
+        .into_iter()
+        .map(|c| Arc::new(PrimitiveArray::<T>::new(ScalarBuffer::from(c), None)) as ArrayRef)
+        .collect();
+    (arrays, scan)
 }
 
 fn check_size(model: &str, tensor: &str, w: &KernelData<'_>, out: usize, inp: usize) -> Result<()> {
