@@ -17,13 +17,20 @@ use std::sync::Arc;
 
 use datafusion::common::Result;
 use datafusion::execution::FunctionRegistry;
-use datafusion::logical_expr::ScalarUDF;
+use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
 
+pub mod aggregate;
+pub mod common;
 pub mod scalar;
 
 /// Every scalar function filterdb defines.
 pub fn all_scalar() -> Vec<Arc<ScalarUDF>> {
     vec![scalar::make_weights::make_weights_udf()]
+}
+
+/// Every aggregate function filterdb defines.
+pub fn all_aggregate() -> Vec<Arc<AggregateUDF>> {
+    vec![]
 }
 
 /// Register every filterdb function into `registry`.
@@ -33,6 +40,9 @@ pub fn all_scalar() -> Vec<Arc<ScalarUDF>> {
 pub fn register_all(registry: &mut dyn FunctionRegistry) -> Result<()> {
     for f in all_scalar() {
         registry.register_udf(f)?;
+    }
+    for f in all_aggregate() {
+        registry.register_udaf(f)?;
     }
     Ok(())
 }

@@ -1,0 +1,1 @@
+//! Aggregate SQL functions (each with a `GroupsAccumulator`).

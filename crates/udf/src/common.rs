@@ -1,0 +1,736 @@
+//! Shared pieces of the filter functions: reading a `weights` column of any float type,
+//! the streaming moments behind PCA and variance entropy, the 9x9 eigen-decomposition
+//! with the paper's sign convention, and the Arrow shapes of the `pca_fit` basis and of
+//! `coef_histogram` values.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, FixedSizeListArray, Float64Array, Int64Array, ListArray, StructArray,
+};
+use arrow::buffer::{NullBuffer, OffsetBuffer, ScalarBuffer};
+use arrow::datatypes::{DataType, Field, Fields, Float16Type, Float32Type, Float64Type};
+use datafusion::common::{Result, exec_err, plan_err};
+use half::f16;
+
+/// float32 machine epsilon: the density the paper's rule gives empty histogram bins.
+pub const EPS32: f64 = f32::EPSILON as f64;
+
+/// `FixedSizeList<Float64, n>`.
+pub fn fsl_f64_type(n: i32) -> DataType {
+    DataType::FixedSizeList(Arc::new(Field::new_list_field(DataType::Float64, true)), n)
+}
+
+/// Check a `weights` argument type for `coerce_types`: a FixedSizeList of 9 Float16,
+/// Float32 or Float64 is kept (no cast); any other list of numbers is coerced to
+/// `FixedSizeList<Float64, 9>` (a wrong length then fails at run time).
+///
+/// # Errors
+/// A plan error naming the function and the type found.
+pub fn coerce_weights(func: &str, t: &DataType) -> Result<DataType> {
+    match t {
+        DataType::FixedSizeList(f, 9)
+            if matches!(
+                f.data_type(),
+                DataType::Float16 | DataType::Float32 | DataType::Float64
+            ) =>
+        {
+            Ok(t.clone())
+        }
+        DataType::FixedSizeList(f, _) | DataType::List(f) | DataType::LargeList(f)
+            if f.data_type().is_numeric() =>
+        {
+            Ok(fsl_f64_type(9))
+        }
+        DataType::Null => Ok(fsl_f64_type(9)),
+        other => plan_err!(
+            "{func} expects weights as a list of 9 numbers (FixedSizeList<Float16|Float32|Float64, 9>), got {other}"
+        ),
+    }
+}
+
+/// The float values of a weights column.
+#[derive(Debug, Clone, Copy)]
+enum Values<'a> {
+    F16(&'a [f16]),
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+}
+
+/// Read access to a `FixedSizeList<Float16|Float32|Float64, 9>` array, row by row as `[f64; 9]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Filters<'a> {
+    values: Values<'a>,
+    list: &'a FixedSizeListArray,
+}
+
+impl<'a> Filters<'a> {
+    /// Wrap an array.
+    ///
+    /// # Errors
+    /// An execution error if the array is not a list of 9 floats.
+    pub fn try_new(func: &str, array: &'a dyn Array) -> Result<Filters<'a>> {
+        let Some(list) = array.as_fixed_size_list_opt() else {
+            return exec_err!(
+                "{func}: expected FixedSizeList weights, got {}",
+                array.data_type()
+            );
+        };
+        if list.value_length() != 9 {
+            return exec_err!(
+                "{func}: expected 9 weights per filter, got {}",
+                list.value_length()
+            );
+        }
+        let v = list.values();
+        let values = match v.data_type() {
+            DataType::Float16 => Values::F16(v.as_primitive::<Float16Type>().values()),
+            DataType::Float32 => Values::F32(v.as_primitive::<Float32Type>().values()),
+            DataType::Float64 => Values::F64(v.as_primitive::<Float64Type>().values()),
+            other => return exec_err!("{func}: expected float weights, got {other}"),
+        };
+        Ok(Filters { values, list })
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// Whether row `i` is NULL (a NULL filter; NULL elements inside a filter are not
+    /// supported and read as their underlying value).
+    #[inline]
+    pub fn is_null(&self, i: usize) -> bool {
+        self.list.is_null(i)
+    }
+
+    /// The validity of the rows.
+    pub fn nulls(&self) -> Option<&NullBuffer> {
+        self.list.nulls()
+    }
+
+    /// Row `i` as nine f64 (exact for every input type).
+    #[inline]
+    pub fn get(&self, i: usize) -> [f64; 9] {
+        let o = self.list.value_offset(i) as usize;
+        let mut out = [0f64; 9];
+        match self.values {
+            Values::F16(v) => {
+                for (d, s) in out.iter_mut().zip(&v[o..o + 9]) {
+                    *d = f64::from(s.to_f32());
+                }
+            }
+            Values::F32(v) => {
+                for (d, s) in out.iter_mut().zip(&v[o..o + 9]) {
+                    *d = f64::from(*s);
+                }
+            }
+            Values::F64(v) => out.copy_from_slice(&v[o..o + 9]),
+        }
+        out
+    }
+}
+
+/// Build a `FixedSizeList<Float64, n>` from `rows * n` flat values.
+pub fn fsl_f64(n: i32, values: Vec<f64>, nulls: Option<NullBuffer>) -> Result<FixedSizeListArray> {
+    Ok(FixedSizeListArray::try_new(
+        Arc::new(Field::new_list_field(DataType::Float64, true)),
+        n,
+        Arc::new(Float64Array::new(ScalarBuffer::from(values), None)),
+        nulls,
+    )?)
+}
+
+/// Index of `(i, j)`, `i <= j`, in the packed upper triangle of a 9x9 matrix.
+#[inline]
+pub const fn tri(i: usize, j: usize) -> usize {
+    i * 9 - i * (i + 1) / 2 + j
+}
+
+/// Count, sums and sums of products of 9-vectors (f64): enough for a mean and covariance.
+///
+/// `s2` holds the 45 entries of the upper triangle of `sum x x^T`. Merging adds the
+/// three parts, so partial results combine exactly (up to f64 rounding) in any order.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Moments {
+    /// Number of vectors.
+    pub n: u64,
+    /// Sum of the vectors.
+    pub s1: [f64; 9],
+    /// Upper triangle of the sum of outer products.
+    pub s2: [f64; 45],
+}
+
+impl Default for Moments {
+    fn default() -> Self {
+        Moments {
+            n: 0,
+            s1: [0.0; 9],
+            s2: [0.0; 45],
+        }
+    }
+}
+
+impl Moments {
+    /// Add one vector.
+    #[inline]
+    pub fn add(&mut self, x: &[f64; 9]) {
+        self.n += 1;
+        let mut k = 0;
+        for i in 0..9 {
+            self.s1[i] += x[i];
+            for j in i..9 {
+                self.s2[k] += x[i] * x[j];
+                k += 1;
+            }
+        }
+    }
+
+    /// Add another partial result.
+    pub fn merge(&mut self, o: &Moments) {
+        self.n += o.n;
+        for (a, b) in self.s1.iter_mut().zip(&o.s1) {
+            *a += b;
+        }
+        for (a, b) in self.s2.iter_mut().zip(&o.s2) {
+            *a += b;
+        }
+    }
+
+    /// Mean vector (zeros when empty).
+    pub fn mean(&self) -> [f64; 9] {
+        let mut m = [0.0; 9];
+        if self.n > 0 {
+            for (d, s) in m.iter_mut().zip(&self.s1) {
+                *d = s / self.n as f64;
+            }
+        }
+        m
+    }
+
+    /// Sample covariance `(sum x x^T - n mu mu^T) / (n - 1)`; zeros when `n < 2`.
+    pub fn covariance(&self) -> [[f64; 9]; 9] {
+        let mut c = [[0.0; 9]; 9];
+        if self.n < 2 {
+            return c;
+        }
+        let n = self.n as f64;
+        for i in 0..9 {
+            for j in i..9 {
+                let v = (self.s2[tri(i, j)] - self.s1[i] * self.s1[j] / n) / (n - 1.0);
+                c[i][j] = v;
+                c[j][i] = v;
+            }
+        }
+        c
+    }
+
+    /// Eigenvalues of the covariance, descending, clipped at 0.
+    pub fn variances(&self) -> [f64; 9] {
+        sym_eigen_desc(&self.covariance()).0
+    }
+}
+
+/// Eigen-decomposition of a symmetric 9x9 matrix: eigenvalues in descending order
+/// (negative rounding noise clipped to 0) and the eigenvectors as rows, each signed so
+/// that its entry of largest magnitude is positive (scikit-learn's convention).
+pub fn sym_eigen_desc(m: &[[f64; 9]; 9]) -> ([f64; 9], [[f64; 9]; 9]) {
+    let mat = nalgebra::SMatrix::<f64, 9, 9>::from_fn(|i, j| m[i][j]);
+    let eig = nalgebra::SymmetricEigen::new(mat);
+    let mut order: Vec<usize> = (0..9).collect();
+    order.sort_by(|&a, &b| eig.eigenvalues[b].total_cmp(&eig.eigenvalues[a]));
+    let mut vals = [0.0; 9];
+    let mut vecs = [[0.0; 9]; 9];
+    for (r, &k) in order.iter().enumerate() {
+        vals[r] = eig.eigenvalues[k].max(0.0);
+        let col = eig.eigenvectors.column(k);
+        let mut best = 0;
+        for i in 1..9 {
+            if col[i].abs() > col[best].abs() {
+                best = i;
+            }
+        }
+        let sign = if col[best] < 0.0 { -1.0 } else { 1.0 };
+        for i in 0..9 {
+            vecs[r][i] = sign * col[i];
+        }
+    }
+    (vals, vecs)
+}
+
+/// Base-10 entropy of a variance spectrum: `-sum r log10 r` over `r = v / sum v > 0`;
+/// 0 when the variances sum to 0.
+pub fn variance_entropy_of(v: &[f64; 9]) -> f64 {
+    let total: f64 = v.iter().map(|x| x.max(0.0)).sum();
+    if total <= 0.0 {
+        return 0.0;
+    }
+    v.iter()
+        .map(|x| x.max(0.0) / total)
+        .filter(|&r| r > 0.0)
+        .map(|r| -r * r.log10())
+        .sum()
+}
+
+/// The paper's expected entropy of `n` random filters, `f(n)`, used to normalise.
+pub fn entropy_norm_factor(n: u64) -> f64 {
+    let n = n as f64;
+    1.2618047 / (1.0 + (-0.88767525 * (n.log2() - 2.30436435)).exp()) - 0.31050834
+}
+
+/// The sparsity threshold of a layer: `ratio * max|w|`, or 1 for an all-zero layer.
+pub fn sparse_threshold(max_abs: f64, ratio: f64) -> f64 {
+    if max_abs == 0.0 { 1.0 } else { ratio * max_abs }
+}
+
+/// Largest |w| of a filter.
+#[inline]
+pub fn filter_max_abs(x: &[f64; 9]) -> f64 {
+    x.iter().fold(0.0f64, |m, v| m.max(v.abs()))
+}
+
+/// A PCA basis, as `pca_fit` returns it and `pca_project` takes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Basis {
+    /// Number of filters fitted.
+    pub n: i64,
+    /// Mean filter.
+    pub mean: [f64; 9],
+    /// Components as rows, by explained variance descending.
+    pub components: [[f64; 9]; 9],
+    /// Eigenvalues of the covariance (descending).
+    pub explained_variance: [f64; 9],
+    /// `explained_variance / sum(explained_variance)` (zeros when the sum is 0).
+    pub explained_variance_ratio: [f64; 9],
+}
+
+impl Basis {
+    /// Fit from moments (MISSION.md section 3: covariance with n - 1, sign convention).
+    pub fn from_moments(m: &Moments) -> Basis {
+        let (vals, vecs) = sym_eigen_desc(&m.covariance());
+        let total: f64 = vals.iter().sum();
+        let mut ratio = [0.0; 9];
+        if total > 0.0 {
+            for (r, v) in ratio.iter_mut().zip(&vals) {
+                *r = v / total;
+            }
+        }
+        Basis {
+            n: m.n as i64,
+            mean: m.mean(),
+            components: vecs,
+            explained_variance: vals,
+            explained_variance_ratio: ratio,
+        }
+    }
+
+    /// Coefficients of one filter: `(x - mean) . components^T`.
+    #[inline]
+    pub fn project(&self, x: &[f64; 9]) -> [f64; 9] {
+        let mut c = [0.0; 9];
+        let mut d = [0.0; 9];
+        for i in 0..9 {
+            d[i] = x[i] - self.mean[i];
+        }
+        for (k, comp) in self.components.iter().enumerate() {
+            c[k] = comp.iter().zip(&d).map(|(a, b)| a * b).sum();
+        }
+        c
+    }
+
+    /// The struct fields of a basis value.
+    pub fn fields() -> Fields {
+        Fields::from(vec![
+            Field::new("n", DataType::Int64, false),
+            Field::new("mean", fsl_f64_type(9), false),
+            Field::new(
+                "components",
+                DataType::FixedSizeList(Arc::new(Field::new_list_field(fsl_f64_type(9), true)), 9),
+                false,
+            ),
+            Field::new("explained_variance", fsl_f64_type(9), false),
+            Field::new("explained_variance_ratio", fsl_f64_type(9), false),
+        ])
+    }
+
+    /// The Arrow type of a basis value.
+    pub fn data_type() -> DataType {
+        DataType::Struct(Self::fields())
+    }
+
+    /// An array of bases (NULL where `None`).
+    ///
+    /// # Errors
+    /// Arrow errors (internal).
+    pub fn to_array(bases: &[Option<Basis>]) -> Result<ArrayRef> {
+        let zero = Basis {
+            n: 0,
+            mean: [0.0; 9],
+            components: [[0.0; 9]; 9],
+            explained_variance: [0.0; 9],
+            explained_variance_ratio: [0.0; 9],
+        };
+        let get = |b: &Option<Basis>| b.clone().unwrap_or_else(|| zero.clone());
+        let all: Vec<Basis> = bases.iter().map(get).collect();
+        let nulls = NullBuffer::from(bases.iter().map(Option::is_some).collect::<Vec<_>>());
+        let nulls = (nulls.null_count() > 0).then_some(nulls);
+        let flat =
+            |f: &dyn Fn(&Basis) -> &[f64; 9]| all.iter().flat_map(|b| *f(b)).collect::<Vec<f64>>();
+        let comps_inner = fsl_f64(
+            9,
+            all.iter()
+                .flat_map(|b| b.components.iter().flatten().copied())
+                .collect(),
+            None,
+        )?;
+        let comps = FixedSizeListArray::try_new(
+            Arc::new(Field::new_list_field(fsl_f64_type(9), true)),
+            9,
+            Arc::new(comps_inner),
+            None,
+        )?;
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from_iter_values(all.iter().map(|b| b.n))),
+            Arc::new(fsl_f64(9, flat(&|b| &b.mean), None)?),
+            Arc::new(comps),
+            Arc::new(fsl_f64(9, flat(&|b| &b.explained_variance), None)?),
+            Arc::new(fsl_f64(9, flat(&|b| &b.explained_variance_ratio), None)?),
+        ];
+        Ok(Arc::new(StructArray::try_new(
+            Self::fields(),
+            columns,
+            nulls,
+        )?))
+    }
+
+    /// Read row `row` of a basis array (`None` if NULL).
+    ///
+    /// # Errors
+    /// An execution error when `array` is not a basis (as `pca_fit` returns).
+    pub fn from_array(array: &dyn Array, row: usize) -> Result<Option<Basis>> {
+        let Some(s) = array.as_struct_opt() else {
+            return exec_err!(
+                "expected a PCA basis (the struct pca_fit returns), got {}",
+                array.data_type()
+            );
+        };
+        if s.is_null(row) {
+            return Ok(None);
+        }
+        let col = |name: &str| {
+            s.column_by_name(name).ok_or_else(|| {
+                datafusion::error::DataFusionError::Execution(format!(
+                    "PCA basis has no field {name}"
+                ))
+            })
+        };
+        let nine = |name: &str| -> Result<[f64; 9]> {
+            let a = col(name)?;
+            let f = Filters::try_new(name, a.as_ref())?;
+            Ok(f.get(row))
+        };
+        let n = col("n")?;
+        let n = n
+            .as_primitive_opt::<arrow::datatypes::Int64Type>()
+            .map(|a| a.value(row))
+            .unwrap_or_default();
+        let comps = col("components")?;
+        let Some(outer) = comps.as_fixed_size_list_opt() else {
+            return exec_err!("PCA basis field components must be a 9x9 FixedSizeList");
+        };
+        let inner = outer.values();
+        let inner = Filters::try_new("components", inner.as_ref())?;
+        let base = outer.value_offset(row) as usize;
+        let mut components = [[0.0; 9]; 9];
+        for (k, c) in components.iter_mut().enumerate() {
+            *c = inner.get(base + k);
+        }
+        Ok(Some(Basis {
+            n,
+            mean: nine("mean")?,
+            components,
+            explained_variance: nine("explained_variance")?,
+            explained_variance_ratio: nine("explained_variance_ratio")?,
+        }))
+    }
+}
+
+/// A `coef_histogram` value: per coefficient, `bins` counts over `[lo, hi]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Histogram {
+    /// Lower edge of the range.
+    pub lo: f64,
+    /// Upper edge of the range (the last bin is closed).
+    pub hi: f64,
+    /// Bins per coefficient.
+    pub bins: usize,
+    /// Counts, coefficient-major: `counts[c * bins + b]`.
+    pub counts: Vec<i64>,
+}
+
+impl Histogram {
+    /// An empty histogram.
+    pub fn new(lo: f64, hi: f64, bins: usize) -> Histogram {
+        Histogram {
+            lo,
+            hi,
+            bins,
+            counts: vec![0; 9 * bins],
+        }
+    }
+
+    /// Counts in range of coefficient `c`.
+    pub fn total(&self, c: usize) -> i64 {
+        self.counts[c * self.bins..(c + 1) * self.bins].iter().sum()
+    }
+
+    /// The bin of `x` with numpy's semantics (`np.histogram` with uniform bins):
+    /// `None` outside `[lo, hi]`; `hi` falls into the last bin.
+    #[inline]
+    pub fn bin_of(&self, x: f64) -> Option<usize> {
+        if !(x >= self.lo && x <= self.hi) {
+            return None;
+        }
+        let bins = self.bins;
+        let norm = bins as f64 / (self.hi - self.lo);
+        let mut i = ((x - self.lo) * norm) as usize;
+        if i >= bins {
+            i = bins - 1;
+        }
+        // numpy corrects the computed index against the linspace edges.
+        let edge = |k: usize| {
+            if k == bins {
+                self.hi
+            } else {
+                self.lo + k as f64 * ((self.hi - self.lo) / bins as f64)
+            }
+        };
+        if x < edge(i) {
+            i = i.saturating_sub(1);
+        } else if i + 1 < bins && x >= edge(i + 1) {
+            i += 1;
+        }
+        Some(i)
+    }
+
+    /// Probabilities of coefficient `c` by the paper's rule: density
+    /// `count / (total * bin_width)`, empty bins set to float32 eps, renormalised.
+    pub fn probabilities(&self, c: usize) -> Vec<f64> {
+        let total = self.total(c) as f64;
+        let width = (self.hi - self.lo) / self.bins as f64;
+        let mut d: Vec<f64> = self.counts[c * self.bins..(c + 1) * self.bins]
+            .iter()
+            .map(|&k| {
+                if k == 0 || total == 0.0 {
+                    EPS32
+                } else {
+                    k as f64 / (total * width)
+                }
+            })
+            .collect();
+        let s: f64 = d.iter().sum();
+        for v in &mut d {
+            *v /= s;
+        }
+        d
+    }
+
+    /// The struct fields of a histogram value.
+    pub fn fields() -> Fields {
+        Fields::from(vec![
+            Field::new("lo", DataType::Float64, false),
+            Field::new("hi", DataType::Float64, false),
+            Field::new("bins", DataType::Int64, false),
+            Field::new(
+                "total",
+                DataType::FixedSizeList(Arc::new(Field::new_list_field(DataType::Int64, true)), 9),
+                false,
+            ),
+            Field::new(
+                "counts",
+                DataType::List(Arc::new(Field::new_list_field(DataType::Int64, true))),
+                false,
+            ),
+        ])
+    }
+
+    /// The Arrow type of a histogram value.
+    pub fn data_type() -> DataType {
+        DataType::Struct(Self::fields())
+    }
+
+    /// An array of histograms (NULL where `None`).
+    ///
+    /// # Errors
+    /// Arrow errors (internal).
+    pub fn to_array(hists: &[Option<Histogram>]) -> Result<ArrayRef> {
+        let nulls = NullBuffer::from(hists.iter().map(Option::is_some).collect::<Vec<_>>());
+        let nulls = (nulls.null_count() > 0).then_some(nulls);
+        let mut lo = Vec::with_capacity(hists.len());
+        let mut hi = Vec::with_capacity(hists.len());
+        let mut bins = Vec::with_capacity(hists.len());
+        let mut totals = Vec::with_capacity(hists.len() * 9);
+        let mut counts = Vec::new();
+        let mut lens = Vec::with_capacity(hists.len());
+        for h in hists {
+            match h {
+                Some(h) => {
+                    lo.push(h.lo);
+                    hi.push(h.hi);
+                    bins.push(h.bins as i64);
+                    totals.extend((0..9).map(|c| h.total(c)));
+                    counts.extend_from_slice(&h.counts);
+                    lens.push(h.counts.len());
+                }
+                None => {
+                    lo.push(0.0);
+                    hi.push(0.0);
+                    bins.push(0);
+                    totals.extend([0; 9]);
+                    lens.push(0);
+                }
+            }
+        }
+        let totals = FixedSizeListArray::try_new(
+            Arc::new(Field::new_list_field(DataType::Int64, true)),
+            9,
+            Arc::new(Int64Array::from(totals)),
+            None,
+        )?;
+        let counts = ListArray::try_new(
+            Arc::new(Field::new_list_field(DataType::Int64, true)),
+            OffsetBuffer::from_lengths(lens),
+            Arc::new(Int64Array::from(counts)),
+            None,
+        )?;
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Float64Array::from(lo)),
+            Arc::new(Float64Array::from(hi)),
+            Arc::new(Int64Array::from(bins)),
+            Arc::new(totals),
+            Arc::new(counts),
+        ];
+        Ok(Arc::new(StructArray::try_new(
+            Self::fields(),
+            columns,
+            nulls,
+        )?))
+    }
+
+    /// Read row `row` of a histogram array (`None` if NULL).
+    ///
+    /// # Errors
+    /// An execution error when `array` is not a histogram (as `coef_histogram` returns).
+    pub fn from_array(array: &dyn Array, row: usize) -> Result<Option<Histogram>> {
+        let Some(s) = array.as_struct_opt() else {
+            return exec_err!(
+                "expected a histogram (the struct coef_histogram returns), got {}",
+                array.data_type()
+            );
+        };
+        if s.is_null(row) {
+            return Ok(None);
+        }
+        let get = |name: &str| {
+            s.column_by_name(name).ok_or_else(|| {
+                datafusion::error::DataFusionError::Execution(format!(
+                    "histogram has no field {name}"
+                ))
+            })
+        };
+        let f64_at = |name: &str| -> Result<f64> {
+            let a = get(name)?;
+            match a.as_primitive_opt::<Float64Type>() {
+                Some(p) => Ok(p.value(row)),
+                None => exec_err!("histogram field {name} must be Float64"),
+            }
+        };
+        let bins_arr = get("bins")?;
+        let Some(bins) = bins_arr.as_primitive_opt::<arrow::datatypes::Int64Type>() else {
+            return exec_err!("histogram field bins must be Int64");
+        };
+        let bins = usize::try_from(bins.value(row)).unwrap_or(0);
+        let counts_arr = get("counts")?;
+        let Some(counts) = counts_arr.as_list_opt::<i32>() else {
+            return exec_err!("histogram field counts must be a List<Int64>");
+        };
+        let row_counts = counts.value(row);
+        let Some(row_counts) = row_counts.as_primitive_opt::<arrow::datatypes::Int64Type>() else {
+            return exec_err!("histogram field counts must be a List<Int64>");
+        };
+        if bins == 0 || row_counts.len() != 9 * bins {
+            return exec_err!(
+                "histogram has {} counts, expected 9 x {bins}",
+                row_counts.len()
+            );
+        }
+        Ok(Some(Histogram {
+            lo: f64_at("lo")?,
+            hi: f64_at("hi")?,
+            bins,
+            counts: row_counts.values().to_vec(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_triangle_indices_are_dense() {
+        let mut seen = vec![false; 45];
+        for i in 0..9 {
+            for j in i..9 {
+                assert!(!seen[tri(i, j)]);
+                seen[tri(i, j)] = true;
+            }
+        }
+        assert!(seen.iter().all(|&x| x));
+    }
+
+    #[test]
+    fn eigen_of_diagonal_sorted_and_signed() {
+        let mut m = [[0.0; 9]; 9];
+        for (i, row) in m.iter_mut().enumerate() {
+            row[i] = i as f64;
+        }
+        let (vals, vecs) = sym_eigen_desc(&m);
+        assert_eq!(vals[0], 8.0);
+        assert_eq!(vals[8], 0.0);
+        assert_eq!(vecs[0][8], 1.0);
+    }
+
+    #[test]
+    fn histogram_edges_follow_numpy() {
+        let h = Histogram::new(-1.0, 1.0, 4);
+        assert_eq!(h.bin_of(-1.0), Some(0));
+        assert_eq!(h.bin_of(1.0), Some(3));
+        assert_eq!(h.bin_of(0.0), Some(2));
+        assert_eq!(h.bin_of(-0.5), Some(1));
+        assert_eq!(h.bin_of(1.0000001), None);
+        assert_eq!(h.bin_of(f64::NAN), None);
+    }
+
+    #[test]
+    fn basis_and_histogram_round_trip_through_arrow() {
+        let mut m = Moments::default();
+        for k in 0..20 {
+            let x: [f64; 9] = std::array::from_fn(|i| ((k * 7 + i * 3) % 11) as f64 - 5.0);
+            m.add(&x);
+        }
+        let b = Basis::from_moments(&m);
+        let a = Basis::to_array(&[Some(b.clone()), None]).unwrap();
+        assert_eq!(Basis::from_array(a.as_ref(), 0).unwrap(), Some(b));
+        assert_eq!(Basis::from_array(a.as_ref(), 1).unwrap(), None);
+        let mut h = Histogram::new(-2.0, 3.0, 5);
+        h.counts[7] = 4;
+        let a = Histogram::to_array(&[Some(h.clone())]).unwrap();
+        assert_eq!(Histogram::from_array(a.as_ref(), 0).unwrap(), Some(h));
+    }
+}
