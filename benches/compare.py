@@ -40,7 +40,7 @@ import time
 
 # Average 3x3 filters per model of `filterdb gen` by max_channels (default 10..50 layers),
 # measured on seed 20220607; used only to turn --filters into --models.
-AVG_FILTERS_PER_MODEL = {512: 3.2e6, 256: 1.0e6, 128: 0.27e6, 64: 0.07e6}
+AVG_FILTERS_PER_MODEL = {512: 1.84e6, 256: 0.6e6, 128: 0.16e6, 64: 0.04e6}
 
 
 def log(*a):
@@ -196,8 +196,7 @@ def pyarrow_write_f16(models, out_dir, settings):
                   use_dictionary=False, write_statistics=[m.name for m in meta],
                   column_encoding={"filter_id": "DELTA_BINARY_PACKED", "layer_idx": "DELTA_BINARY_PACKED",
                                    "out_channel": "DELTA_BINARY_PACKED", "in_channel": "DELTA_BINARY_PACKED",
-                                   **{w: "PLAIN" for w in W}},
-                  compression_level=1)
+                                   **{w: "PLAIN" for w in W}})
     schema = pa.schema(meta + [pa.field(w, pa.float16(), False) for w in W])
     os.makedirs(out_dir, exist_ok=True)
     first = 0
@@ -236,7 +235,7 @@ def main():
     args = ap.parse_args()
 
     bin_ = find_bin()
-    models = args.models or max(1, round(args.filters / AVG_FILTERS_PER_MODEL.get(args.max_channels, 3.2e6)))
+    models = args.models or max(1, round(args.filters / AVG_FILTERS_PER_MODEL.get(args.max_channels, 1.84e6)))
     work = args.workdir or os.path.join(tempfile.gettempdir(), f"filterdb-compare-{int(args.filters)}")
     zoo, s16, s32 = (os.path.join(work, d) for d in ("zoo", "store-f16", "store-f32"))
     if args.regen and os.path.exists(work):

@@ -160,6 +160,8 @@ pub struct ModelCard {
     pub fields: ModelOverrides,
     /// Per-tensor entries keyed by tensor name.
     pub layers: BTreeMap<String, LayerCard>,
+    /// Number of conv levels of the model (any kernel size), for `conv_depth_norm`.
+    pub conv_levels: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -174,6 +176,7 @@ struct CardDoc {
     paper: Option<String>,
     url: Option<String>,
     notes: Option<String>,
+    conv_levels: Option<u64>,
     #[serde(default)]
     layers: BTreeMap<String, LayerCard>,
 }
@@ -261,6 +264,7 @@ pub fn parse_card(text: &str, path: &Path) -> Result<ModelCard> {
         .transpose()?;
     Ok(ModelCard {
         path: path.to_owned(),
+        conv_levels: doc.conv_levels,
         fields: ModelOverrides {
             name: doc.name,
             architecture: doc.architecture,

@@ -177,14 +177,32 @@ pub fn normalise<'a>(
                 .collect::<BTreeSet<_>>()
                 .into_iter()
                 .collect();
-            let norm = depths
-                .iter()
-                .map(|d| {
-                    let idx = levels.binary_search(d).unwrap_or(0);
-                    level_norm(idx, levels.len())
-                })
-                .collect();
-            if levels.len() == 1 {
+            let conv_levels = card.and_then(|c| c.conv_levels);
+            let norm = match conv_levels {
+                // The card knows how many conv levels the model has (any kernel size).
+                Some(total) => {
+                    if let Some(d) = depths.iter().find(|&&d| d < 0 || d as u64 >= total) {
+                        return Err(IngestError::CardLayers {
+                            path: card.map(|c| c.path.clone()).unwrap_or_default(),
+                            detail: format!(
+                                "conv_depth {d} is outside 0..{total} (conv_levels = {total})"
+                            ),
+                        });
+                    }
+                    depths
+                        .iter()
+                        .map(|&d| level_norm(d as usize, total as usize))
+                        .collect()
+                }
+                None => depths
+                    .iter()
+                    .map(|d| {
+                        let idx = levels.binary_search(d).unwrap_or(0);
+                        level_norm(idx, levels.len())
+                    })
+                    .collect(),
+            };
+            if conv_levels.map_or(levels.len() == 1, |t| t == 1) {
                 report.push("single conv level: conv_depth_norm is 0 for every layer".to_owned());
             }
             (depths, norm, DEPTH_RULE_CARD)
@@ -494,6 +512,36 @@ conv_depth = 4
             .collect();
         assert_eq!(d, vec![(0, 0.0, 1), (4, 1.0, 2), (4, 1.0, 1)]);
         assert!(m.layers.iter().all(|l| l.depth_rule == "card"));
+    }
+
+    #[test]
+    fn card_conv_levels_normalise_by_all_conv_levels() {
+        let r = sample();
+        let text = "conv_levels = 9\n[layers.\"layer2.weight\"]\nconv_depth = 1\n\
+                    [layers.\"layer3.weight\"]\nconv_depth = 4\n[layers.\"layer10.weight\"]\nconv_depth = 8\n";
+        let card = parse_card(text, Path::new("net.toml")).unwrap();
+        let m = normalise(
+            &r,
+            Some(&card),
+            &ModelOverrides::default(),
+            &VocabExtra::default(),
+        )
+        .unwrap();
+        let n: Vec<f64> = m.layers.iter().map(|l| l.conv_depth_norm).collect();
+        assert_eq!(n, vec![0.125, 0.5, 1.0]);
+        let bad = parse_card(
+            &text.replace("conv_depth = 8", "conv_depth = 9"),
+            Path::new("net.toml"),
+        )
+        .unwrap();
+        let e = normalise(
+            &r,
+            Some(&bad),
+            &ModelOverrides::default(),
+            &VocabExtra::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("conv_levels = 9"), "{e}");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! `filterdb`: a columnar store and SQL engine for trained CNN convolution filters.
 
+mod analyze;
 mod commands;
+mod docs;
 mod output;
 mod progress;
 mod shell;
@@ -58,6 +60,19 @@ enum Command {
     Vacuum(commands::VacuumArgs),
     /// List or extend the task / visual-category vocabularies.
     Vocab(commands::VocabArgs),
+    /// The paper's analyses: KL drift matrix, degenerated layers, PCA basis.
+    Analyze(analyze::AnalyzeArgs),
+    /// Generate reference documentation (`docs functions`).
+    Docs {
+        #[command(subcommand)]
+        what: DocsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DocsCommand {
+    /// Write docs/functions.md from the functions' documentation (or --check it).
+    Functions(docs::DocsArgs),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +86,10 @@ fn main() -> ExitCode {
         Command::Gen(a) => commands::gen_zoo(a),
         Command::Vacuum(a) => commands::vacuum(a),
         Command::Vocab(a) => commands::vocab(a),
+        Command::Analyze(a) => analyze::run(a),
+        Command::Docs {
+            what: DocsCommand::Functions(a),
+        } => docs::run(a),
     };
     match result {
         Ok(code) => code,

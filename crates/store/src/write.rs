@@ -5,15 +5,20 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, Float64Array, Int32Array, Int64Array, PrimitiveArray, RecordBatch, StringArray,
+    ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
     TimestampMillisecondArray,
 };
-use arrow::buffer::ScalarBuffer;
-use arrow::datatypes::{ArrowPrimitiveType, Float16Type, Float32Type, SchemaRef};
+use arrow::datatypes::{ArrowPrimitiveType, Float16Type, Float32Type, SchemaRef, ToByteSlice};
+use bytes::Bytes;
 use half::f16;
-use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_writer::{ArrowColumnWriter, ArrowRowGroupWriterFactory, compute_leaves};
+use parquet::arrow::{ArrowSchemaConverter, ArrowWriter, add_encoded_arrow_schema_to_metadata};
 use parquet::basic::{Compression, Encoding, ZstdLevel};
+use parquet::column::page::{CompressedPage, Page, PageWriter};
+use parquet::column::writer::ColumnCloseResult;
+use parquet::file::metadata::{ColumnChunkMetaData, OffsetIndexBuilder};
 use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterVersion};
+use parquet::file::writer::{SerializedFileWriter, SerializedPageWriter, TrackedWrite};
 use parquet::schema::types::ColumnPath;
 
 use crate::convert::{ConvertTo, LayerScan, convert_any};
@@ -95,7 +100,10 @@ struct LayerStats {
     max_abs: f64,
 }
 
-/// Converts and writes `filters`; returns per-layer stats.
+/// Converts and writes `filters`; returns per-layer stats and the file's size.
+///
+/// Rows are buffered up to one row group ([`FILTERS_ROW_GROUP`] filters), so memory
+/// stays bounded whatever the model's size. See [`FiltersFileWriter`] for the encoding.
 fn write_filters(
     path: &Path,
     precision: Precision,
@@ -104,19 +112,52 @@ fn write_filters(
     first_filter_id: i64,
     opts: &StageOptions,
 ) -> Result<(Vec<LayerStats>, u64)> {
-    let schema = filters_schema(precision);
     let file = File::create(path).ctx("creating", path)?;
-    let perr = |source| StoreError::Parquet {
-        path: path.to_path_buf(),
-        source,
+    let (stats, file) = match precision {
+        Precision::F16 => {
+            let mut w = FiltersFileWriter::<Float16Type>::new(
+                file,
+                path,
+                precision,
+                model_id,
+                first_filter_id,
+            )?;
+            let stats = convert_layers(&mut w, model, opts, precision)?;
+            (stats, w.finish()?)
+        }
+        Precision::F32 => {
+            let mut w = FiltersFileWriter::<Float32Type>::new(
+                file,
+                path,
+                precision,
+                model_id,
+                first_filter_id,
+            )?;
+            let stats = convert_layers(&mut w, model, opts, precision)?;
+            (stats, w.finish()?)
+        }
     };
-    let mut writer =
-        ArrowWriter::try_new(file, Arc::clone(&schema), Some(props_filters())).map_err(perr)?;
+    file.sync_all().ctx("syncing", path)?;
+    let bytes = file.metadata().ctx("reading size of", path)?.len();
+    Ok((stats, bytes))
+}
+
+fn convert_layers<T>(
+    w: &mut FiltersFileWriter<T>,
+    model: &ModelInput<'_>,
+    opts: &StageOptions,
+    precision: Precision,
+) -> Result<Vec<LayerStats>>
+where
+    T: ArrowPrimitiveType,
+    f32: ConvertTo<T::Native>,
+    f64: ConvertTo<T::Native>,
+    f16: ConvertTo<T::Native>,
+    half::bf16: ConvertTo<T::Native>,
+{
     let mut stats = Vec::with_capacity(model.layers.len());
-    let mut next_id = first_filter_id;
     for (layer_idx, layer) in model.layers.iter().enumerate() {
         let (out, inp) = (layer.out_channels, layer.in_channels);
-        let n = out * inp;
         check_size(
             &model.meta.name,
             &layer.layer_name,
@@ -124,10 +165,7 @@ fn write_filters(
             out,
             inp,
         )?;
-        let (weights, scan) = match precision {
-            Precision::F16 => convert_to_arrays::<Float16Type>(&layer.weights, out, inp),
-            Precision::F32 => convert_to_arrays::<Float32Type>(&layer.weights, out, inp),
-        };
+        let scan = w.push_layer(layer_idx, &layer.weights, out, inp)?;
         if !opts.allow_nonfinite {
             if let Some((filter, value)) = scan.first_nonfinite {
                 return Err(StoreError::NonFinite {
@@ -148,53 +186,264 @@ fn write_filters(
                 });
             }
         }
-        let layer_i32 = i32::try_from(layer_idx).unwrap_or(i32::MAX);
-        let mut columns: Vec<ArrayRef> = Vec::with_capacity(14);
-        columns.push(Arc::new(Int64Array::from_iter_values(
-            next_id..next_id + n as i64,
-        )));
-        columns.push(Arc::new(Int64Array::from_value(model_id, n)));
-        columns.push(Arc::new(Int32Array::from_value(layer_i32, n)));
-        columns.push(Arc::new(Int32Array::from_iter_values(
-            (0..out).flat_map(|o| std::iter::repeat_n(o as i32, inp)),
-        )));
-        columns.push(Arc::new(Int32Array::from_iter_values(
-            (0..out).flat_map(|_| 0..inp as i32),
-        )));
-        columns.extend(weights);
-        let batch = RecordBatch::try_new(Arc::clone(&schema), columns)?;
-        writer.write(&batch).map_err(perr)?;
-        next_id += n as i64;
         let stored_max = match precision {
-            Precision::F16 => f64::from(f16::from_f64(scan.max_abs)),
+            Precision::F16 => f64::from(crate::convert::f64_to_f16(scan.max_abs)),
             Precision::F32 => f64::from(scan.max_abs as f32),
         };
         stats.push(LayerStats {
             max_abs: stored_max,
         });
     }
-    let file = writer.into_inner().map_err(perr)?;
-    file.sync_all().ctx("syncing", path)?;
-    let bytes = file.metadata().ctx("reading size of", path)?.len();
-    Ok((stats, bytes))
+    Ok(stats)
 }
 
-/// Convert one layer's tensor into the nine weight arrays of element type `T`.
-fn convert_to_arrays<T>(w: &KernelData<'_>, out: usize, inp: usize) -> (Vec<ArrayRef>, LayerScan)
-where
-    T: ArrowPrimitiveType,
-    f32: ConvertTo<T::Native>,
-    f64: ConvertTo<T::Native>,
-    f16: ConvertTo<T::Native>,
-    half::bf16: ConvertTo<T::Native>,
-{
-    let mut cols: [Vec<T::Native>; 9] = Default::default();
-    let scan = convert_any(w.dtype, &w.bytes, w.layout, out, inp, &mut cols);
-    let arrays = cols
-        .into_iter()
-        .map(|c| Arc::new(PrimitiveArray::<T>::new(ScalarBuffer::from(c), None)) as ArrayRef)
-        .collect();
-    (arrays, scan)
+/// Writes a `filters` file one row group at a time.
+///
+/// The five id columns go through parquet-rs's Arrow column writers (DELTA_BINARY_PACKED
+/// and zstd, with statistics), encoded on two threads. The nine weight columns are
+/// required, PLAIN, uncompressed and without statistics, so their column chunk is one
+/// data page whose payload is exactly the Arrow value buffer: it is written as such.
+/// This avoids parquet-rs's generic FIXED_LEN_BYTE_ARRAY path for FLOAT16, which makes
+/// one `Bytes` handle per value and took about half of f16 ingest time (measured,
+/// docs/benchmarks.md).
+struct FiltersFileWriter<T: ArrowPrimitiveType> {
+    writer: SerializedFileWriter<File>,
+    factory: ArrowRowGroupWriterFactory,
+    schema: SchemaRef,
+    descr: parquet::schema::types::SchemaDescPtr,
+    path: std::path::PathBuf,
+    model_id: i64,
+    next_filter_id: i64,
+    row_groups: usize,
+    // the buffered rows of the current row group
+    layer_idx: Vec<i32>,
+    out_channel: Vec<i32>,
+    in_channel: Vec<i32>,
+    weights: [Vec<T::Native>; 9],
+}
+
+impl<T: ArrowPrimitiveType> FiltersFileWriter<T> {
+    fn new(
+        file: File,
+        path: &Path,
+        precision: Precision,
+        model_id: i64,
+        first_filter_id: i64,
+    ) -> Result<Self> {
+        let schema = filters_schema(precision);
+        let perr = |source| StoreError::Parquet {
+            path: path.to_path_buf(),
+            source,
+        };
+        let descr = Arc::new(ArrowSchemaConverter::new().convert(&schema).map_err(perr)?);
+        let mut props = props_filters();
+        add_encoded_arrow_schema_to_metadata(&schema, &mut props);
+        let writer = SerializedFileWriter::new(file, descr.root_schema_ptr(), Arc::new(props))
+            .map_err(perr)?;
+        let factory = ArrowRowGroupWriterFactory::new(&writer, Arc::clone(&schema));
+        Ok(FiltersFileWriter {
+            writer,
+            factory,
+            schema,
+            descr,
+            path: path.to_path_buf(),
+            model_id,
+            next_filter_id: first_filter_id,
+            row_groups: 0,
+            layer_idx: Vec::with_capacity(FILTERS_ROW_GROUP),
+            out_channel: Vec::with_capacity(FILTERS_ROW_GROUP),
+            in_channel: Vec::with_capacity(FILTERS_ROW_GROUP),
+            weights: Default::default(),
+        })
+    }
+
+    fn perr(&self) -> impl Fn(parquet::errors::ParquetError) -> StoreError + '_ {
+        |source| StoreError::Parquet {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Convert one layer into the buffer, flushing full row groups.
+    fn push_layer(
+        &mut self,
+        layer_idx: usize,
+        w: &KernelData<'_>,
+        out: usize,
+        inp: usize,
+    ) -> Result<LayerScan>
+    where
+        f32: ConvertTo<T::Native>,
+        f64: ConvertTo<T::Native>,
+        f16: ConvertTo<T::Native>,
+        half::bf16: ConvertTo<T::Native>,
+    {
+        let scan = convert_any(w.dtype, &w.bytes, w.layout, out, inp, &mut self.weights);
+        let layer = i32::try_from(layer_idx).unwrap_or(i32::MAX);
+        for o in 0..out {
+            for i in 0..inp {
+                self.layer_idx.push(layer);
+                self.out_channel.push(o as i32);
+                self.in_channel.push(i as i32);
+            }
+        }
+        while self.layer_idx.len() >= FILTERS_ROW_GROUP {
+            self.flush(FILTERS_ROW_GROUP)?;
+        }
+        Ok(scan)
+    }
+
+    /// Write the first `n` buffered rows as one row group.
+    fn flush(&mut self, n: usize) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let first = self.next_filter_id;
+        let ids: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from_iter_values(first..first + n as i64)),
+            Arc::new(Int64Array::from_value(self.model_id, n)),
+            Arc::new(Int32Array::from_iter_values(self.layer_idx.drain(..n))),
+            Arc::new(Int32Array::from_iter_values(self.out_channel.drain(..n))),
+            Arc::new(Int32Array::from_iter_values(self.in_channel.drain(..n))),
+        ];
+        let weights: Vec<Vec<T::Native>> = self
+            .weights
+            .iter_mut()
+            .map(|c| c.drain(..n).collect())
+            .collect();
+        self.next_filter_id += n as i64;
+        let mut writers = self
+            .factory
+            .create_column_writers(self.row_groups)
+            .map_err(self.perr())?;
+        writers.truncate(ids.len());
+        // Encode the id columns on two threads, and build the weight chunks meanwhile.
+        let schema = Arc::clone(&self.schema);
+        let descr = Arc::clone(&self.descr);
+        let (chunks, raw) = std::thread::scope(|scope| {
+            let half_point = writers.len() / 2;
+            let mut second = writers.split_off(half_point);
+            let second_ids = &ids[half_point..];
+            let schema2 = Arc::clone(&schema);
+            let handle = scope.spawn(move || {
+                encode_columns(&mut second, second_ids, &schema2, half_point).map(|()| second)
+            });
+            let first =
+                encode_columns(&mut writers, &ids[..half_point], &schema, 0).map(|()| writers);
+            let raw: Vec<(Bytes, ColumnCloseResult)> = weights
+                .iter()
+                .enumerate()
+                .map(|(j, col)| {
+                    raw_plain_chunk(col.to_byte_slice(), n, descr.column(ids.len() + j))
+                })
+                .collect::<parquet::errors::Result<_>>()?;
+            let second = handle.join().map_err(|_| {
+                parquet::errors::ParquetError::General("id column encoder thread panicked".into())
+            })??;
+            let mut all = first?;
+            all.extend(second);
+            let chunks = all
+                .into_iter()
+                .map(|w| w.close())
+                .collect::<parquet::errors::Result<Vec<_>>>()?;
+            Ok::<_, parquet::errors::ParquetError>((chunks, raw))
+        })
+        .map_err(self.perr())?;
+        let path = self.path.clone();
+        let perr = |source| StoreError::Parquet {
+            path: path.clone(),
+            source,
+        };
+        let mut rg = self.writer.next_row_group().map_err(perr)?;
+        for c in chunks {
+            c.append_to_row_group(&mut rg).map_err(perr)?;
+        }
+        for (bytes, close) in raw {
+            rg.append_column(&bytes, close).map_err(perr)?;
+        }
+        rg.close().map_err(perr)?;
+        self.row_groups += 1;
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<File> {
+        let rest = self.layer_idx.len();
+        self.flush(rest)?;
+        let path = self.path.clone();
+        self.writer
+            .into_inner()
+            .map_err(|source| StoreError::Parquet { path, source })
+    }
+}
+
+fn encode_columns(
+    writers: &mut [ArrowColumnWriter],
+    arrays: &[ArrayRef],
+    schema: &SchemaRef,
+    offset: usize,
+) -> parquet::errors::Result<()> {
+    for (k, (w, a)) in writers.iter_mut().zip(arrays).enumerate() {
+        for leaf in compute_leaves(schema.field(offset + k), a)? {
+            w.write(&leaf)?;
+        }
+    }
+    Ok(())
+}
+
+/// One column chunk holding one PLAIN, uncompressed data page (v2) of `n` required
+/// values whose encoded form is `values` (little-endian fixed-width values).
+fn raw_plain_chunk(
+    values: &[u8],
+    n: usize,
+    descr: parquet::schema::types::ColumnDescPtr,
+) -> parquet::errors::Result<(Bytes, ColumnCloseResult)> {
+    let count = u32::try_from(n).map_err(|_| {
+        parquet::errors::ParquetError::General(format!("{n} rows do not fit one page"))
+    })?;
+    let page = Page::DataPageV2 {
+        buf: Bytes::copy_from_slice(values),
+        num_values: count,
+        encoding: Encoding::PLAIN,
+        num_nulls: 0,
+        num_rows: count,
+        def_levels_byte_len: 0,
+        rep_levels_byte_len: 0,
+        is_compressed: false,
+        statistics: None,
+    };
+    let mut sink = TrackedWrite::new(Vec::with_capacity(values.len() + 64));
+    {
+        let mut pw = SerializedPageWriter::new(&mut sink);
+        pw.write_page(CompressedPage::new(page, values.len()))?;
+        pw.close()?;
+    }
+    let bytes = sink.into_inner()?;
+    let len = bytes.len() as i64;
+    // One page covering every row; offsets are relative to the chunk and rewritten by
+    // `append_column`. (The file writer needs an offset index for every column once
+    // any column has one.)
+    let mut offsets = OffsetIndexBuilder::new();
+    offsets.append_row_count(n as i64);
+    offsets.append_offset_and_size(0, i32::try_from(len).unwrap_or(i32::MAX));
+    let metadata = ColumnChunkMetaData::builder(descr)
+        .set_encodings(vec![Encoding::PLAIN])
+        .set_compression(Compression::UNCOMPRESSED)
+        .set_num_values(n as i64)
+        .set_total_compressed_size(len)
+        .set_total_uncompressed_size(len)
+        .set_data_page_offset(0)
+        .build()?;
+    Ok((
+        Bytes::from(bytes),
+        ColumnCloseResult {
+            bytes_written: len as u64,
+            rows_written: n as u64,
+            metadata,
+            bloom_filter: None,
+            column_index: None,
+            offset_index: Some(offsets.build()),
+        },
+    ))
 }
 
 fn check_size(model: &str, tensor: &str, w: &KernelData<'_>, out: usize, inp: usize) -> Result<()> {
@@ -365,4 +614,99 @@ pub(crate) fn write_model(
         bytes: filters_bytes + layers_bytes + models_bytes,
         report,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use arrow::array::AsArray;
+    use arrow::datatypes::{Float16Type, Float32Type, Int32Type, Int64Type};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    use super::*;
+    use crate::input::{KernelLayout, LayerInput, ModelMeta, SourceDtype};
+
+    fn layer(name: &str, out: usize, inp: usize, salt: u32) -> (LayerInput<'static>, Vec<f32>) {
+        let vals: Vec<f32> = (0..out * inp * 9)
+            .map(|i| ((i as u32).wrapping_mul(2_654_435_761) ^ salt) as f32 / u32::MAX as f32 - 0.5)
+            .collect();
+        let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let l = LayerInput {
+            layer_name: name.into(),
+            conv_depth: 0,
+            conv_depth_norm: 0.0,
+            depth_rule: "name_order".into(),
+            out_channels: out,
+            in_channels: inp,
+            groups: 1,
+            weights: KernelData {
+                dtype: SourceDtype::F32,
+                layout: KernelLayout::Oihw,
+                bytes: Cow::Owned(bytes),
+            },
+        };
+        (l, vals)
+    }
+
+    /// Row groups split inside a layer and across layers; every value and id survives.
+    #[test]
+    fn multi_row_group_file_round_trips() {
+        for precision in [Precision::F32, Precision::F16] {
+            let dir = tempfile::tempdir().unwrap();
+            let (a, va) = layer("a", 600, 500, 1); // 300 000 filters: crosses a row group
+            let (b, vb) = layer("b", 7, 3, 2);
+            let (c, vc) = layer("c", 512, 460, 3); // ends exactly past the second boundary
+            let model = ModelInput {
+                meta: ModelMeta {
+                    name: "m".into(),
+                    ..Default::default()
+                },
+                layers: vec![a, b, c],
+            };
+            let path = dir.path().join("filters.parquet");
+            let (stats, _) =
+                write_filters(&path, precision, &model, 4, 1000, &StageOptions::default()).unwrap();
+            assert_eq!(stats.len(), 3);
+            let reader =
+                ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap()).unwrap();
+            assert_eq!(reader.metadata().num_row_groups(), 3);
+            let mut got = Vec::new();
+            let mut ids = Vec::new();
+            for batch in reader.build().unwrap() {
+                let batch = batch.unwrap();
+                let fid = batch.column(0).as_primitive::<Int64Type>();
+                let mid = batch.column(1).as_primitive::<Int64Type>();
+                let lay = batch.column(2).as_primitive::<Int32Type>();
+                for r in 0..batch.num_rows() {
+                    ids.push((fid.value(r), mid.value(r), lay.value(r)));
+                    for j in 0..9 {
+                        let col = batch.column(5 + j);
+                        got.push(match precision {
+                            Precision::F16 => col.as_primitive::<Float16Type>().value(r).to_f32(),
+                            Precision::F32 => col.as_primitive::<Float32Type>().value(r),
+                        });
+                    }
+                }
+            }
+            let src: Vec<f32> = va.iter().chain(&vb).chain(&vc).copied().collect();
+            assert_eq!(got.len(), src.len());
+            for (g, s) in got.iter().zip(&src) {
+                let want = if precision == Precision::F16 {
+                    f16::from_f32(*s).to_f32()
+                } else {
+                    *s
+                };
+                assert_eq!(g.to_bits(), want.to_bits());
+            }
+            let n = ids.len() as i64;
+            assert!(
+                ids.iter()
+                    .enumerate()
+                    .all(|(i, &(f, m, _))| f == 1000 + i as i64 && m == 4)
+            );
+            assert_eq!(ids[300_000].2, 1);
+            assert_eq!(ids[(n - 1) as usize].2, 2);
+        }
+    }
 }

@@ -220,11 +220,14 @@ impl Moments {
             return c;
         }
         let n = self.n as f64;
-        for i in 0..9 {
-            for j in i..9 {
-                let v = (self.s2[tri(i, j)] - self.s1[i] * self.s1[j] / n) / (n - 1.0);
-                c[i][j] = v;
-                c[j][i] = v;
+        let (s1, s2) = (&self.s1, &self.s2);
+        let cov = |i: usize, j: usize| {
+            let (a, b) = (i.min(j), i.max(j));
+            (s2[tri(a, b)] - s1[a] * s1[b] / n) / (n - 1.0)
+        };
+        for (i, row) in c.iter_mut().enumerate() {
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = cov(i, j);
             }
         }
         c
@@ -684,7 +687,7 @@ mod tests {
 
     #[test]
     fn packed_triangle_indices_are_dense() {
-        let mut seen = vec![false; 45];
+        let mut seen = [false; 45];
         for i in 0..9 {
             for j in i..9 {
                 assert!(!seen[tri(i, j)]);

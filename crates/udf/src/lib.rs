@@ -25,12 +25,31 @@ pub mod scalar;
 
 /// Every scalar function filterdb defines.
 pub fn all_scalar() -> Vec<Arc<ScalarUDF>> {
-    vec![scalar::make_weights::make_weights_udf()]
+    vec![
+        scalar::make_weights::make_weights_udf(),
+        scalar::peak_scale::peak_scale_udf(),
+        scalar::l1_norm::l1_norm_udf(),
+        scalar::l2_norm::l2_norm_udf(),
+        scalar::linf_norm::linf_norm_udf(),
+        scalar::pca_project::pca_project_udf(),
+        scalar::kl_drift::kl_drift_udf(),
+        scalar::depth_bucket::depth_bucket_udf(),
+    ]
 }
 
 /// Every aggregate function filterdb defines.
 pub fn all_aggregate() -> Vec<Arc<AggregateUDF>> {
-    vec![]
+    vec![
+        aggregate::pca_fit::pca_fit_udaf(),
+        aggregate::coef_histogram::coef_histogram_udaf(),
+        aggregate::coef_range::coef_range_udaf(),
+        aggregate::layer_sparsity::layer_sparsity_udaf(),
+        aggregate::variance_entropy::variance_entropy_udaf(),
+        aggregate::variance_entropy::variance_entropy_norm_udaf(),
+        aggregate::variance_entropy::variance_entropy_clean_udaf(),
+        aggregate::variance_entropy::variance_entropy_clean_norm_udaf(),
+        aggregate::orthogonality::orthogonality_udaf(),
+    ]
 }
 
 /// Register every filterdb function into `registry`.

@@ -1,0 +1,419 @@
+//! `pca_project(weights, basis)`: the 9 PCA coefficients of a filter, `c = (x - mean) . V^T`.
+//!
+//! MISSION.md section 3, "PCA projection": `basis` is the struct `pca_fit` returns
+//! ([`Basis`]: `n`, `mean`, `components` (rows, by explained variance descending),
+//! `explained_variance`, `explained_variance_ratio`); coefficient `k` is the dot product
+//! of component `k` with the centred filter, in f64. `basis` is usually one value for the
+//! whole query — an uncorrelated scalar subquery `(SELECT pca_fit(...) FROM ...)` — and is
+//! then read once; a basis column (e.g. after a join) is read row by row. A struct with
+//! the same five field names (e.g. a `named_struct` literal) is cast to the basis type.
+//! NULL weights or a NULL basis give NULL. Like scikit-learn's `PCA.transform`.
+
+use std::sync::{Arc, LazyLock};
+
+use arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray, StructArray};
+use arrow::buffer::NullBuffer;
+use arrow::compute::{CastOptions, cast_with_options};
+use arrow::datatypes::{DataType, Fields};
+use datafusion::common::{Result, ScalarValue, exec_datafusion_err, exec_err, plan_err};
+use datafusion::logical_expr::{
+    ColumnarValue, DocSection, Documentation, DocumentationBuilder, ScalarFunctionArgs, ScalarUDF,
+    ScalarUDFImpl, Signature, Volatility,
+};
+
+use crate::common::{Basis, Filters, coerce_weights, fsl_f64, fsl_f64_type};
+
+/// Scalar reference: a naive matrix-vector product, `c_k = sum_j (x_j - mean_j) V_kj`.
+pub fn pca_project_ref(x: &[f64; 9], mean: &[f64; 9], components: &[[f64; 9]; 9]) -> [f64; 9] {
+    let mut c = [0.0; 9];
+    for k in 0..9 {
+        for j in 0..9 {
+            c[k] += (x[j] - mean[j]) * components[k][j];
+        }
+    }
+    c
+}
+
+/// Vectorised kernel for one basis shared by every row: a flat f64 output buffer, the
+/// input's validity bitmap.
+pub fn pca_project_kernel(f: &Filters<'_>, basis: &Basis) -> Result<FixedSizeListArray> {
+    let mut values = vec![0f64; f.len() * 9];
+    for (i, out) in values.chunks_exact_mut(9).enumerate() {
+        if !f.is_null(i) {
+            out.copy_from_slice(&basis.project(&f.get(i)));
+        }
+    }
+    fsl_f64(9, values, f.nulls().cloned())
+}
+
+/// Kernel for a basis column: row `i` is projected on basis `i`; NULL if either is NULL.
+///
+/// # Errors
+/// An execution error if `bases` is not a basis array of the same length.
+pub fn pca_project_rows_kernel(f: &Filters<'_>, bases: &dyn Array) -> Result<FixedSizeListArray> {
+    if bases.len() != f.len() {
+        return exec_err!("pca_project: {} filters but {} bases", f.len(), bases.len());
+    }
+    let mut values = vec![0f64; f.len() * 9];
+    let mut valid = vec![false; f.len()];
+    for (i, out) in values.chunks_exact_mut(9).enumerate() {
+        if f.is_null(i) {
+            continue;
+        }
+        if let Some(b) = Basis::from_array(bases, i)? {
+            out.copy_from_slice(&b.project(&f.get(i)));
+            valid[i] = true;
+        }
+    }
+    let nulls = NullBuffer::from(valid);
+    let nulls = (nulls.null_count() > 0).then_some(nulls);
+    fsl_f64(9, values, nulls)
+}
+
+/// Check the basis argument for `coerce_types`: a struct with (at least) the five basis
+/// fields is kept as is and cast field by field at run time ([`conform_struct`]), since
+/// DataFusion does not cast a struct to one with non-nullable fields; NULL becomes the
+/// basis type.
+fn coerce_basis(t: &DataType) -> Result<DataType> {
+    match t {
+        DataType::Null => Ok(Basis::data_type()),
+        DataType::Struct(fields)
+            if Basis::fields()
+                .iter()
+                .all(|want| fields.iter().any(|f| f.name() == want.name())) =>
+        {
+            Ok(t.clone())
+        }
+        other => plan_err!(
+            "pca_project expects basis as the struct pca_fit returns \
+             (n, mean, components, explained_variance, explained_variance_ratio), got {other}"
+        ),
+    }
+}
+
+/// Cast the fields of a struct array, picked by name, to `target` (e.g. a `named_struct`
+/// literal, whose lists are `List`, to the basis type); unchanged if already `target`.
+///
+/// # Errors
+/// An execution error naming `func` and `what` when a field is missing or does not cast
+/// (e.g. a list of the wrong length) or is NULL in a non-NULL row.
+pub(crate) fn conform_struct(
+    func: &str,
+    what: &str,
+    array: &ArrayRef,
+    target: &Fields,
+) -> Result<ArrayRef> {
+    let Some(s) = array.as_struct_opt() else {
+        return exec_err!("{func}: expected {what}, got {}", array.data_type());
+    };
+    if s.fields() == target {
+        return Ok(Arc::clone(array));
+    }
+    let opts = CastOptions {
+        safe: false,
+        ..CastOptions::default()
+    };
+    let columns = target
+        .iter()
+        .map(|f| match s.column_by_name(f.name()) {
+            Some(c) => cast_with_options(c, f.data_type(), &opts)
+                .map_err(|e| exec_datafusion_err!("{func}: {what} field {}: {e}", f.name())),
+            None => exec_err!("{func}: {what} has no field {}", f.name()),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let out = StructArray::try_new(target.clone(), columns, s.nulls().cloned())
+        .map_err(|e| exec_datafusion_err!("{func}: invalid {what}: {e}"))?;
+    Ok(Arc::new(out))
+}
+
+/// The `pca_project` SQL function.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct PcaProjectFunc {
+    signature: Signature,
+}
+
+impl Default for PcaProjectFunc {
+    fn default() -> Self {
+        Self {
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
+    }
+}
+
+static DOC: LazyLock<Documentation> = LazyLock::new(|| {
+    DocumentationBuilder::new_with_details(
+        DocSection {
+            include: true,
+            label: "Filter functions",
+            description: Some("Functions over 3x3 convolution filters"),
+        },
+        "Projects a 3x3 filter onto a PCA basis: `c = (x - mean) . components^T`, the 9 \
+         coefficients in order of explained variance (Float64). `basis` is the struct `pca_fit` \
+         returns, usually from a scalar subquery; a struct with the same five field names is \
+         cast to it. NULL weights or a NULL basis give NULL.",
+        "pca_project(weights, basis)",
+    )
+    .with_argument(
+        "weights",
+        "A filter: FixedSizeList<Float16|Float32|Float64, 9> (row-major (kh, kw)); other lists \
+         of 9 numbers are cast to Float64. Project the same kind of filters the basis was fitted \
+         on (usually `peak_scale(weights)`).",
+    )
+    .with_argument(
+        "basis",
+        "Struct {n: Int64, mean: FixedSizeList<Float64, 9>, components: FixedSizeList<FixedSizeList<Float64, 9>, 9>, \
+         explained_variance, explained_variance_ratio: FixedSizeList<Float64, 9>}, as returned by `pca_fit`; \
+         a constant or a column.",
+    )
+    .with_sql_example(
+        r#"```sql
+> SELECT round(pca_project([0, 0, 0, 0, 0, 0, 0, 0, 0],
+         (SELECT pca_fit(w) FROM (VALUES ([0, 0, 0, 0, 0, 0, 0, 0, 0]), ([-3, -4, 0, 0, 0, 0, 0, 0, 0])) AS t(w)))[1], 6) AS c0;
++-----+
+| c0  |
++-----+
+| 2.5 |
++-----+
+-- Typical use: coefficients of every filter in the basis of all peak-scaled filters
+> SELECT pca_project(peak_scale(weights), (SELECT pca_fit(peak_scale(weights)) FROM filters)) AS c FROM filters;
+```"#,
+    )
+    .build()
+});
+
+impl ScalarUDFImpl for PcaProjectFunc {
+    fn name(&self) -> &str {
+        "pca_project"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        let [w, b] = arg_types else {
+            return plan_err!(
+                "pca_project expects 2 arguments (weights, basis), got {}",
+                arg_types.len()
+            );
+        };
+        Ok(vec![coerce_weights("pca_project", w)?, coerce_basis(b)?])
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(fsl_f64_type(9))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let [w, b] = args.args.as_slice() else {
+            return plan_err!(
+                "pca_project expects 2 arguments (weights, basis), got {}",
+                args.args.len()
+            );
+        };
+        let a = w.to_array(args.number_rows)?;
+        let f = Filters::try_new("pca_project", a.as_ref())?;
+        let out = match b {
+            ColumnarValue::Scalar(s) => {
+                let one = match s {
+                    ScalarValue::Null => None,
+                    s => {
+                        let b = conform_struct(
+                            "pca_project",
+                            "a PCA basis",
+                            &s.to_array()?,
+                            &Basis::fields(),
+                        )?;
+                        Basis::from_array(b.as_ref(), 0)?
+                    }
+                };
+                match one {
+                    Some(basis) => pca_project_kernel(&f, &basis)?,
+                    None => fsl_f64(
+                        9,
+                        vec![0.0; f.len() * 9],
+                        Some(NullBuffer::new_null(f.len())),
+                    )?,
+                }
+            }
+            ColumnarValue::Array(bases) => {
+                let b = conform_struct("pca_project", "a PCA basis", bases, &Basis::fields())?;
+                pca_project_rows_kernel(&f, b.as_ref())?
+            }
+        };
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+
+    fn documentation(&self) -> Option<&Documentation> {
+        Some(&DOC)
+    }
+}
+
+/// The singleton `pca_project` UDF.
+pub fn pca_project_udf() -> Arc<ScalarUDF> {
+    static UDF: LazyLock<Arc<ScalarUDF>> =
+        LazyLock::new(|| Arc::new(ScalarUDF::from(PcaProjectFunc::default())));
+    Arc::clone(&UDF)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::common::Moments;
+    use arrow::array::AsArray;
+    use arrow::datatypes::{Field, Float64Type};
+    use datafusion::config::ConfigOptions;
+    use proptest::prelude::*;
+
+    fn filters(rows: &[[f64; 9]], nulls: Option<NullBuffer>) -> FixedSizeListArray {
+        fsl_f64(9, rows.iter().flatten().copied().collect(), nulls).unwrap()
+    }
+
+    fn row(out: &FixedSizeListArray, i: usize) -> Vec<f64> {
+        out.value(i).as_primitive::<Float64Type>().values().to_vec()
+    }
+
+    /// A basis with mean (1, 2, ..., 9) and the permutation components e_8, e_7, ..., e_0.
+    fn reversed_basis() -> Basis {
+        let mut components = [[0.0; 9]; 9];
+        for (k, c) in components.iter_mut().enumerate() {
+            c[8 - k] = 1.0;
+        }
+        Basis {
+            n: 10,
+            mean: std::array::from_fn(|i| (i + 1) as f64),
+            components,
+            explained_variance: std::array::from_fn(|i| (9 - i) as f64),
+            explained_variance_ratio: std::array::from_fn(|i| (9 - i) as f64 / 45.0),
+        }
+    }
+
+    fn invoke(w: ColumnarValue, b: ColumnarValue, rows: usize) -> FixedSizeListArray {
+        let args = ScalarFunctionArgs {
+            arg_fields: vec![
+                Arc::new(Field::new("w", fsl_f64_type(9), true)),
+                Arc::new(Field::new("b", Basis::data_type(), true)),
+            ],
+            args: vec![w, b],
+            number_rows: rows,
+            return_field: Arc::new(Field::new("r", fsl_f64_type(9), true)),
+            config_options: Arc::new(ConfigOptions::default()),
+        };
+        let out = PcaProjectFunc::default().invoke_with_args(args).unwrap();
+        let ColumnarValue::Array(a) = out else {
+            panic!("expected an array")
+        };
+        a.as_fixed_size_list().clone()
+    }
+
+    #[test]
+    fn hand_case_permutation_basis() {
+        let b = reversed_basis();
+        let a = filters(
+            &[[0.0; 9], [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0]],
+            None,
+        );
+        let out = pca_project_kernel(&Filters::try_new("t", &a).unwrap(), &b).unwrap();
+        // x - mean reversed.
+        assert_eq!(
+            row(&out, 0),
+            vec![-9.0, -8.0, -7.0, -6.0, -5.0, -4.0, -3.0, -2.0, -1.0]
+        );
+        assert_eq!(
+            row(&out, 1),
+            vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+        );
+    }
+
+    #[test]
+    fn scalar_and_array_basis_agree_and_nulls_propagate() {
+        let b = reversed_basis();
+        let rows = [[1.0; 9], [2.0; 9], [3.0; 9]];
+        let a = filters(&rows, Some(NullBuffer::from(vec![true, false, true])));
+        let scalar =
+            ScalarValue::try_from_array(&Basis::to_array(&[Some(b.clone())]).unwrap(), 0).unwrap();
+        let out_s = invoke(
+            ColumnarValue::Array(Arc::new(a.clone())),
+            ColumnarValue::Scalar(scalar),
+            3,
+        );
+        let bases = Basis::to_array(&[Some(b.clone()), Some(b.clone()), None]).unwrap();
+        let out_a = invoke(
+            ColumnarValue::Array(Arc::new(a.clone())),
+            ColumnarValue::Array(bases),
+            3,
+        );
+        assert!(out_s.is_valid(0) && out_s.is_null(1) && out_s.is_valid(2));
+        assert!(out_a.is_valid(0) && out_a.is_null(1) && out_a.is_null(2));
+        assert_eq!(row(&out_s, 0), row(&out_a, 0));
+        assert_eq!(
+            row(&out_s, 2),
+            pca_project_ref(&[3.0; 9], &b.mean, &b.components)
+        );
+        let null_basis = invoke(
+            ColumnarValue::Array(Arc::new(a)),
+            ColumnarValue::Scalar(ScalarValue::Null),
+            3,
+        );
+        assert_eq!(null_basis.null_count(), 3);
+    }
+
+    #[test]
+    fn empty_input() {
+        let a = filters(&[], None);
+        let out =
+            pca_project_kernel(&Filters::try_new("t", &a).unwrap(), &reversed_basis()).unwrap();
+        assert_eq!(out.len(), 0);
+    }
+
+    #[test]
+    fn fitted_basis_decorrelates_and_preserves_norm() {
+        // Projecting the fitting set gives mean-zero coefficients whose sample variances
+        // are the explained variances, and (orthonormal basis) |c| = |x - mean|.
+        let rows: Vec<[f64; 9]> = (0..50)
+            .map(|k| {
+                std::array::from_fn(|i| {
+                    (((k * 13 + i * 7) % 17) as f64 - 8.0) * (1.0 + i as f64 / 4.0)
+                })
+            })
+            .collect();
+        let mut m = Moments::default();
+        rows.iter().for_each(|r| m.add(r));
+        let b = Basis::from_moments(&m);
+        let a = filters(&rows, None);
+        let out = pca_project_kernel(&Filters::try_new("t", &a).unwrap(), &b).unwrap();
+        let mut var = [0.0; 9];
+        for (i, r) in rows.iter().enumerate() {
+            let c = row(&out, i);
+            let dn: f64 = r.iter().zip(&b.mean).map(|(x, mu)| (x - mu).powi(2)).sum();
+            let cn: f64 = c.iter().map(|v| v * v).sum();
+            assert!((dn - cn).abs() <= 1e-9 * dn.max(1.0));
+            for (v, ck) in var.iter_mut().zip(&c) {
+                *v += ck * ck / 49.0;
+            }
+        }
+        for (v, ev) in var.iter().zip(&b.explained_variance) {
+            assert!((v - ev).abs() <= 1e-9 * b.explained_variance[0]);
+        }
+    }
+
+    proptest! {
+        #[test]
+        // Bounded so that f64 rounding stays far below the 1e-9 tolerance.
+        fn kernel_matches_reference(
+            rows in proptest::collection::vec(proptest::array::uniform9(-10f64..10f64), 0..32),
+            mean in proptest::array::uniform9(-1f64..1f64),
+            comps in proptest::array::uniform9(proptest::array::uniform9(-1f64..1f64)),
+        ) {
+            let b = Basis { n: 1, mean, components: comps, explained_variance: [0.0; 9], explained_variance_ratio: [0.0; 9] };
+            let a = filters(&rows, None);
+            let out = pca_project_kernel(&Filters::try_new("t", &a).unwrap(), &b).unwrap();
+            for (i, r) in rows.iter().enumerate() {
+                let want = pca_project_ref(r, &mean, &comps);
+                for (g, w) in row(&out, i).iter().zip(&want) {
+                    prop_assert!((g - w).abs() <= 1e-9 * w.abs().max(1.0));
+                }
+            }
+        }
+    }
+}
