@@ -157,28 +157,31 @@ fn src_index(layout: KernelLayout, out: usize, inp: usize, k: usize, j: usize) -
     }
 }
 
-/// Convert one layer, appending each filter's weights to `cols[j]`.
+/// Convert filters `range` (out-channel-major indices) of one layer, appending each
+/// filter's weights to `cols[j]`.
 ///
 /// `bytes` must hold exactly `out * inp * 9` elements of `S` (checked by the caller).
+/// The scan covers the range only; `first_nonfinite` is an index into the whole layer.
 pub(crate) fn convert_layer<S, D>(
     bytes: &[u8],
     layout: KernelLayout,
     out: usize,
     inp: usize,
+    range: std::ops::Range<usize>,
     cols: &mut [Vec<D>; 9],
 ) -> LayerScan
 where
     S: SrcElem + ConvertTo<D>,
 {
-    let n = out * inp;
     let mut max_abs = 0f64;
     let mut all_finite = true;
     for c in cols.iter_mut() {
-        c.reserve(n);
+        c.reserve(range.len());
     }
     match layout {
         KernelLayout::Oihw => {
-            for filter in bytes.chunks_exact(9 * S::SIZE) {
+            let part = &bytes[range.start * 9 * S::SIZE..range.end * 9 * S::SIZE];
+            for filter in part.chunks_exact(9 * S::SIZE) {
                 for (j, col) in cols.iter_mut().enumerate() {
                     let v = S::load(&filter[j * S::SIZE..]);
                     all_finite &= v.is_finite();
@@ -191,7 +194,7 @@ where
             }
         }
         KernelLayout::Hwio => {
-            for k in 0..n {
+            for k in range.clone() {
                 for (j, col) in cols.iter_mut().enumerate() {
                     let idx = src_index(layout, out, inp, k, j);
                     let v = S::load(&bytes[idx * S::SIZE..]);
@@ -206,9 +209,9 @@ where
         }
     }
     if !all_finite {
-        // Slow path, only for layers holding NaN / infinity: the maximum of the finite values.
+        // Slow path, only for ranges holding NaN / infinity: the maximum of the finite values.
         max_abs = 0.0;
-        for k in 0..n {
+        for k in range.clone() {
             for j in 0..9 {
                 let v = S::load(&bytes[src_index(layout, out, inp, k, j) * S::SIZE..]);
                 if v.is_finite() {
@@ -220,7 +223,7 @@ where
     let first_nonfinite = if all_finite {
         None
     } else {
-        (0..n).find_map(|k| {
+        range.clone().find_map(|k| {
             (0..9).find_map(|j| {
                 let v = S::load(&bytes[src_index(layout, out, inp, k, j) * S::SIZE..]);
                 (!v.is_finite()).then(|| {
@@ -242,6 +245,16 @@ where
     }
 }
 
+impl LayerScan {
+    /// The scan of a layer whose ranges were scanned as `self` then `next`.
+    pub(crate) fn then(self, next: LayerScan) -> LayerScan {
+        LayerScan {
+            max_abs: self.max_abs.max(next.max_abs),
+            first_nonfinite: self.first_nonfinite.or(next.first_nonfinite),
+        }
+    }
+}
+
 /// Dispatch on the source dtype.
 pub(crate) fn convert_any<D>(
     dtype: SourceDtype,
@@ -249,6 +262,7 @@ pub(crate) fn convert_any<D>(
     layout: KernelLayout,
     out: usize,
     inp: usize,
+    range: std::ops::Range<usize>,
     cols: &mut [Vec<D>; 9],
 ) -> LayerScan
 where
@@ -258,10 +272,10 @@ where
     bf16: ConvertTo<D>,
 {
     match dtype {
-        SourceDtype::F32 => convert_layer::<f32, D>(bytes, layout, out, inp, cols),
-        SourceDtype::F64 => convert_layer::<f64, D>(bytes, layout, out, inp, cols),
-        SourceDtype::F16 => convert_layer::<f16, D>(bytes, layout, out, inp, cols),
-        SourceDtype::BF16 => convert_layer::<bf16, D>(bytes, layout, out, inp, cols),
+        SourceDtype::F32 => convert_layer::<f32, D>(bytes, layout, out, inp, range, cols),
+        SourceDtype::F64 => convert_layer::<f64, D>(bytes, layout, out, inp, range, cols),
+        SourceDtype::F16 => convert_layer::<f16, D>(bytes, layout, out, inp, range, cols),
+        SourceDtype::BF16 => convert_layer::<bf16, D>(bytes, layout, out, inp, range, cols),
     }
 }
 
@@ -278,7 +292,8 @@ mod tests {
         // out = 2, in = 1: filter k holds values k*9 .. k*9+8.
         let vals: Vec<f32> = (0..18).map(|x| x as f32).collect();
         let mut cols: [Vec<f32>; 9] = Default::default();
-        let scan = convert_layer::<f32, f32>(&le_f32(&vals), KernelLayout::Oihw, 2, 1, &mut cols);
+        let scan =
+            convert_layer::<f32, f32>(&le_f32(&vals), KernelLayout::Oihw, 2, 1, 0..2, &mut cols);
         assert_eq!(scan.max_abs, 17.0);
         assert_eq!(scan.first_nonfinite, None);
         for (j, col) in cols.iter().enumerate() {
@@ -305,9 +320,48 @@ mod tests {
         }
         let mut a: [Vec<f32>; 9] = Default::default();
         let mut b: [Vec<f32>; 9] = Default::default();
-        convert_layer::<f32, f32>(&le_f32(&oihw), KernelLayout::Oihw, out, inp, &mut a);
-        convert_layer::<f32, f32>(&le_f32(&hwio), KernelLayout::Hwio, out, inp, &mut b);
+        convert_layer::<f32, f32>(
+            &le_f32(&oihw),
+            KernelLayout::Oihw,
+            out,
+            inp,
+            0..out * inp,
+            &mut a,
+        );
+        convert_layer::<f32, f32>(
+            &le_f32(&hwio),
+            KernelLayout::Hwio,
+            out,
+            inp,
+            0..out * inp,
+            &mut b,
+        );
         assert_eq!(a, b);
+    }
+
+    proptest::proptest! {
+        /// Converting a layer in pieces (as row groups split it) gives the same columns
+        /// and scan as converting it whole, in both layouts.
+        #[test]
+        fn chunked_conversion_equals_whole(out in 1usize..9, inp in 1usize..7, cuts in proptest::collection::vec(0usize..64, 0..4), hwio in proptest::bool::ANY) {
+            let n = out * inp;
+            let vals: Vec<f32> = (0..n * 9).map(|x| (x as f32 * 0.37).sin()).collect();
+            let layout = if hwio { KernelLayout::Hwio } else { KernelLayout::Oihw };
+            let mut whole: [Vec<f16>; 9] = Default::default();
+            let a = convert_layer::<f32, f16>(&le_f32(&vals), layout, out, inp, 0..n, &mut whole);
+            let mut points: Vec<usize> = cuts.iter().map(|c| c % (n + 1)).collect();
+            points.push(0);
+            points.push(n);
+            points.sort_unstable();
+            let mut parts: [Vec<f16>; 9] = Default::default();
+            let mut scan: Option<LayerScan> = None;
+            for w in points.windows(2) {
+                let s = convert_layer::<f32, f16>(&le_f32(&vals), layout, out, inp, w[0]..w[1], &mut parts);
+                scan = Some(match scan { None => s, Some(p) => p.then(s) });
+            }
+            proptest::prop_assert_eq!(&whole, &parts);
+            proptest::prop_assert_eq!(Some(a), scan);
+        }
     }
 
     #[test]
@@ -315,7 +369,8 @@ mod tests {
         let mut vals = vec![0.5f32; 27];
         vals[20] = f32::INFINITY;
         let mut cols: [Vec<f16>; 9] = Default::default();
-        let scan = convert_layer::<f32, f16>(&le_f32(&vals), KernelLayout::Oihw, 3, 1, &mut cols);
+        let scan =
+            convert_layer::<f32, f16>(&le_f32(&vals), KernelLayout::Oihw, 3, 1, 0..3, &mut cols);
         assert_eq!(scan.first_nonfinite.map(|x| x.0), Some(2));
         assert_eq!(scan.max_abs, 0.5);
     }
@@ -328,7 +383,7 @@ mod tests {
             .flat_map(f64::to_le_bytes)
             .collect();
         let mut cols: [Vec<f16>; 9] = Default::default();
-        convert_layer::<f64, f16>(&bytes, KernelLayout::Oihw, 1, 1, &mut cols);
+        convert_layer::<f64, f16>(&bytes, KernelLayout::Oihw, 1, 1, 0..1, &mut cols);
         assert!(cols[0][0] > f16::ONE);
         assert_eq!(cols[0][0], f16::from_f32(1.0 + 2f32.powi(-10)));
     }

@@ -102,8 +102,10 @@ struct LayerStats {
 
 /// Converts and writes `filters`; returns per-layer stats and the file's size.
 ///
-/// Rows are buffered up to one row group ([`FILTERS_ROW_GROUP`] filters), so memory
-/// stays bounded whatever the model's size. See [`FiltersFileWriter`] for the encoding.
+/// Two threads: this one converts layers into row-group buffers of
+/// [`FILTERS_ROW_GROUP`] filters; an encoder thread writes each full buffer as a row
+/// group (see [`RowGroupEncoder`]) and hands the emptied buffer back. At most three
+/// buffers exist, so memory stays bounded whatever the model's size.
 fn write_filters(
     path: &Path,
     precision: Precision,
@@ -114,39 +116,112 @@ fn write_filters(
 ) -> Result<(Vec<LayerStats>, u64)> {
     let file = File::create(path).ctx("creating", path)?;
     let (stats, file) = match precision {
-        Precision::F16 => {
-            let mut w = FiltersFileWriter::<Float16Type>::new(
-                file,
-                path,
-                precision,
-                model_id,
-                first_filter_id,
-            )?;
-            let stats = convert_layers(&mut w, model, opts, precision)?;
-            (stats, w.finish()?)
-        }
-        Precision::F32 => {
-            let mut w = FiltersFileWriter::<Float32Type>::new(
-                file,
-                path,
-                precision,
-                model_id,
-                first_filter_id,
-            )?;
-            let stats = convert_layers(&mut w, model, opts, precision)?;
-            (stats, w.finish()?)
-        }
+        Precision::F16 => pipeline::<Float16Type>(
+            file,
+            path,
+            precision,
+            model,
+            model_id,
+            first_filter_id,
+            opts,
+        )?,
+        Precision::F32 => pipeline::<Float32Type>(
+            file,
+            path,
+            precision,
+            model,
+            model_id,
+            first_filter_id,
+            opts,
+        )?,
     };
     file.sync_all().ctx("syncing", path)?;
     let bytes = file.metadata().ctx("reading size of", path)?.len();
     Ok((stats, bytes))
 }
 
+/// The rows of one row group, converted.
+struct RowGroupBuf<N> {
+    layer_idx: Vec<i32>,
+    out_channel: Vec<i32>,
+    in_channel: Vec<i32>,
+    weights: [Vec<N>; 9],
+}
+
+impl<N> RowGroupBuf<N> {
+    fn new() -> Self {
+        RowGroupBuf {
+            layer_idx: Vec::with_capacity(FILTERS_ROW_GROUP),
+            out_channel: Vec::with_capacity(FILTERS_ROW_GROUP),
+            in_channel: Vec::with_capacity(FILTERS_ROW_GROUP),
+            weights: std::array::from_fn(|_| Vec::with_capacity(FILTERS_ROW_GROUP)),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.layer_idx.len()
+    }
+
+    fn clear(&mut self) {
+        self.layer_idx.clear();
+        self.out_channel.clear();
+        self.in_channel.clear();
+        for w in &mut self.weights {
+            w.clear();
+        }
+    }
+}
+
+fn pipeline<T>(
+    file: File,
+    path: &Path,
+    precision: Precision,
+    model: &ModelInput<'_>,
+    model_id: i64,
+    first_filter_id: i64,
+    opts: &StageOptions,
+) -> Result<(Vec<LayerStats>, File)>
+where
+    T: ArrowPrimitiveType,
+    f32: ConvertTo<T::Native>,
+    f64: ConvertTo<T::Native>,
+    f16: ConvertTo<T::Native>,
+    half::bf16: ConvertTo<T::Native>,
+{
+    let mut encoder = RowGroupEncoder::new(file, path, precision, model_id, first_filter_id)?;
+    std::thread::scope(|scope| {
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<RowGroupBuf<T::Native>>(1);
+        let (empty_tx, empty_rx) = std::sync::mpsc::channel::<RowGroupBuf<T::Native>>();
+        let encoder_thread = scope.spawn(move || -> Result<File> {
+            for mut buf in full_rx {
+                encoder.write::<T>(&buf)?;
+                buf.clear();
+                // The converter may be gone (an error); then the buffer is just dropped.
+                let _ = empty_tx.send(buf);
+            }
+            encoder.finish()
+        });
+        let converted = convert_layers::<T>(model, opts, precision, &full_tx, &empty_rx);
+        drop(full_tx);
+        let written = encoder_thread.join().unwrap_or_else(|_| {
+            Err(StoreError::Corrupt {
+                path: path.to_path_buf(),
+                message: "invariant: the row-group encoder thread panicked".into(),
+            })
+        });
+        // A conversion error (e.g. NaN weights) is the one to report.
+        let stats = converted?;
+        Ok((stats, written?))
+    })
+}
+
+/// Convert every layer into row-group buffers, sending each full one to the encoder.
 fn convert_layers<T>(
-    w: &mut FiltersFileWriter<T>,
     model: &ModelInput<'_>,
     opts: &StageOptions,
     precision: Precision,
+    full: &std::sync::mpsc::SyncSender<RowGroupBuf<T::Native>>,
+    empty: &std::sync::mpsc::Receiver<RowGroupBuf<T::Native>>,
 ) -> Result<Vec<LayerStats>>
 where
     T: ArrowPrimitiveType,
@@ -155,6 +230,12 @@ where
     f16: ConvertTo<T::Native>,
     half::bf16: ConvertTo<T::Native>,
 {
+    let encoder_gone = || StoreError::Corrupt {
+        path: std::path::PathBuf::from(&model.meta.name),
+        message: "invariant: the row-group encoder stopped early".into(),
+    };
+    let mut buf = RowGroupBuf::<T::Native>::new();
+    let mut spare = 1; // buffers that may still be allocated (at most three in flight)
     let mut stats = Vec::with_capacity(model.layers.len());
     for (layer_idx, layer) in model.layers.iter().enumerate() {
         let (out, inp) = (layer.out_channels, layer.in_channels);
@@ -165,7 +246,49 @@ where
             out,
             inp,
         )?;
-        let scan = w.push_layer(layer_idx, &layer.weights, out, inp)?;
+        let w = &layer.weights;
+        let layer_i32 = i32::try_from(layer_idx).unwrap_or(i32::MAX);
+        let n = out * inp;
+        let mut scan: Option<LayerScan> = None;
+        let mut k = 0;
+        while k < n {
+            let take = (n - k).min(FILTERS_ROW_GROUP - buf.len());
+            let part = convert_any(
+                w.dtype,
+                &w.bytes,
+                w.layout,
+                out,
+                inp,
+                k..k + take,
+                &mut buf.weights,
+            );
+            scan = Some(match scan {
+                None => part,
+                Some(s) => s.then(part),
+            });
+            for f in k..k + take {
+                buf.layer_idx.push(layer_i32);
+                buf.out_channel.push((f / inp) as i32);
+                buf.in_channel.push((f % inp) as i32);
+            }
+            k += take;
+            if buf.len() == FILTERS_ROW_GROUP {
+                let next = match empty.try_recv() {
+                    Ok(b) => b,
+                    Err(_) if spare > 0 => {
+                        spare -= 1;
+                        RowGroupBuf::new()
+                    }
+                    Err(_) => empty.recv().map_err(|_| encoder_gone())?,
+                };
+                full.send(std::mem::replace(&mut buf, next))
+                    .map_err(|_| encoder_gone())?;
+            }
+        }
+        let scan = scan.unwrap_or(LayerScan {
+            max_abs: 0.0,
+            first_nonfinite: None,
+        });
         if !opts.allow_nonfinite {
             if let Some((filter, value)) = scan.first_nonfinite {
                 return Err(StoreError::NonFinite {
@@ -194,19 +317,21 @@ where
             max_abs: stored_max,
         });
     }
+    if buf.len() > 0 {
+        full.send(buf).map_err(|_| encoder_gone())?;
+    }
     Ok(stats)
 }
 
-/// Writes a `filters` file one row group at a time.
+/// Writes row groups of a `filters` file.
 ///
 /// The five id columns go through parquet-rs's Arrow column writers (DELTA_BINARY_PACKED
-/// and zstd, with statistics), encoded on two threads. The nine weight columns are
-/// required, PLAIN, uncompressed and without statistics, so their column chunk is one
-/// data page whose payload is exactly the Arrow value buffer: it is written as such.
-/// This avoids parquet-rs's generic FIXED_LEN_BYTE_ARRAY path for FLOAT16, which makes
-/// one `Bytes` handle per value and took about half of f16 ingest time (measured,
-/// docs/benchmarks.md).
-struct FiltersFileWriter<T: ArrowPrimitiveType> {
+/// and zstd, with statistics). The nine weight columns are required, PLAIN, uncompressed
+/// and without statistics, so each column chunk is one data page whose payload is
+/// exactly the Arrow value buffer, and it is written as such. This avoids parquet-rs's
+/// generic FIXED_LEN_BYTE_ARRAY path for FLOAT16, which makes one `Bytes` handle per
+/// value and took about half of f16 ingest time (measured, docs/benchmarks.md).
+struct RowGroupEncoder {
     writer: SerializedFileWriter<File>,
     factory: ArrowRowGroupWriterFactory,
     schema: SchemaRef,
@@ -215,14 +340,9 @@ struct FiltersFileWriter<T: ArrowPrimitiveType> {
     model_id: i64,
     next_filter_id: i64,
     row_groups: usize,
-    // the buffered rows of the current row group
-    layer_idx: Vec<i32>,
-    out_channel: Vec<i32>,
-    in_channel: Vec<i32>,
-    weights: [Vec<T::Native>; 9],
 }
 
-impl<T: ArrowPrimitiveType> FiltersFileWriter<T> {
+impl RowGroupEncoder {
     fn new(
         file: File,
         path: &Path,
@@ -241,7 +361,7 @@ impl<T: ArrowPrimitiveType> FiltersFileWriter<T> {
         let writer = SerializedFileWriter::new(file, descr.root_schema_ptr(), Arc::new(props))
             .map_err(perr)?;
         let factory = ArrowRowGroupWriterFactory::new(&writer, Arc::clone(&schema));
-        Ok(FiltersFileWriter {
+        Ok(RowGroupEncoder {
             writer,
             factory,
             schema,
@@ -250,115 +370,43 @@ impl<T: ArrowPrimitiveType> FiltersFileWriter<T> {
             model_id,
             next_filter_id: first_filter_id,
             row_groups: 0,
-            layer_idx: Vec::with_capacity(FILTERS_ROW_GROUP),
-            out_channel: Vec::with_capacity(FILTERS_ROW_GROUP),
-            in_channel: Vec::with_capacity(FILTERS_ROW_GROUP),
-            weights: Default::default(),
         })
     }
 
-    fn perr(&self) -> impl Fn(parquet::errors::ParquetError) -> StoreError + '_ {
-        |source| StoreError::Parquet {
-            path: self.path.clone(),
-            source,
-        }
-    }
-
-    /// Convert one layer into the buffer, flushing full row groups.
-    fn push_layer(
-        &mut self,
-        layer_idx: usize,
-        w: &KernelData<'_>,
-        out: usize,
-        inp: usize,
-    ) -> Result<LayerScan>
-    where
-        f32: ConvertTo<T::Native>,
-        f64: ConvertTo<T::Native>,
-        f16: ConvertTo<T::Native>,
-        half::bf16: ConvertTo<T::Native>,
-    {
-        let scan = convert_any(w.dtype, &w.bytes, w.layout, out, inp, &mut self.weights);
-        let layer = i32::try_from(layer_idx).unwrap_or(i32::MAX);
-        for o in 0..out {
-            for i in 0..inp {
-                self.layer_idx.push(layer);
-                self.out_channel.push(o as i32);
-                self.in_channel.push(i as i32);
-            }
-        }
-        while self.layer_idx.len() >= FILTERS_ROW_GROUP {
-            self.flush(FILTERS_ROW_GROUP)?;
-        }
-        Ok(scan)
-    }
-
-    /// Write the first `n` buffered rows as one row group.
-    fn flush(&mut self, n: usize) -> Result<()> {
-        if n == 0 {
-            return Ok(());
-        }
-        let first = self.next_filter_id;
-        let ids: Vec<ArrayRef> = vec![
-            Arc::new(Int64Array::from_iter_values(first..first + n as i64)),
-            Arc::new(Int64Array::from_value(self.model_id, n)),
-            Arc::new(Int32Array::from_iter_values(self.layer_idx.drain(..n))),
-            Arc::new(Int32Array::from_iter_values(self.out_channel.drain(..n))),
-            Arc::new(Int32Array::from_iter_values(self.in_channel.drain(..n))),
-        ];
-        let weights: Vec<Vec<T::Native>> = self
-            .weights
-            .iter_mut()
-            .map(|c| c.drain(..n).collect())
-            .collect();
-        self.next_filter_id += n as i64;
-        let mut writers = self
-            .factory
-            .create_column_writers(self.row_groups)
-            .map_err(self.perr())?;
-        writers.truncate(ids.len());
-        // Encode the id columns on two threads, and build the weight chunks meanwhile.
-        let schema = Arc::clone(&self.schema);
-        let descr = Arc::clone(&self.descr);
-        let (chunks, raw) = std::thread::scope(|scope| {
-            let half_point = writers.len() / 2;
-            let mut second = writers.split_off(half_point);
-            let second_ids = &ids[half_point..];
-            let schema2 = Arc::clone(&schema);
-            let handle = scope.spawn(move || {
-                encode_columns(&mut second, second_ids, &schema2, half_point).map(|()| second)
-            });
-            let first =
-                encode_columns(&mut writers, &ids[..half_point], &schema, 0).map(|()| writers);
-            let raw: Vec<(Bytes, ColumnCloseResult)> = weights
-                .iter()
-                .enumerate()
-                .map(|(j, col)| {
-                    raw_plain_chunk(col.to_byte_slice(), n, descr.column(ids.len() + j))
-                })
-                .collect::<parquet::errors::Result<_>>()?;
-            let second = handle.join().map_err(|_| {
-                parquet::errors::ParquetError::General("id column encoder thread panicked".into())
-            })??;
-            let mut all = first?;
-            all.extend(second);
-            let chunks = all
-                .into_iter()
-                .map(|w| w.close())
-                .collect::<parquet::errors::Result<Vec<_>>>()?;
-            Ok::<_, parquet::errors::ParquetError>((chunks, raw))
-        })
-        .map_err(self.perr())?;
+    /// Write `buf` as one row group.
+    fn write<T: ArrowPrimitiveType>(&mut self, buf: &RowGroupBuf<T::Native>) -> Result<()> {
+        let n = buf.len();
         let path = self.path.clone();
         let perr = |source| StoreError::Parquet {
             path: path.clone(),
             source,
         };
+        let first = self.next_filter_id;
+        let ids: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from_iter_values(first..first + n as i64)),
+            Arc::new(Int64Array::from_value(self.model_id, n)),
+            Arc::new(Int32Array::from(buf.layer_idx.clone())),
+            Arc::new(Int32Array::from(buf.out_channel.clone())),
+            Arc::new(Int32Array::from(buf.in_channel.clone())),
+        ];
+        self.next_filter_id += n as i64;
+        let mut writers = self
+            .factory
+            .create_column_writers(self.row_groups)
+            .map_err(perr)?;
+        writers.truncate(ids.len());
+        encode_columns(&mut writers, &ids, &self.schema, 0).map_err(perr)?;
         let mut rg = self.writer.next_row_group().map_err(perr)?;
-        for c in chunks {
-            c.append_to_row_group(&mut rg).map_err(perr)?;
+        for w in writers {
+            w.close()
+                .map_err(perr)?
+                .append_to_row_group(&mut rg)
+                .map_err(perr)?;
         }
-        for (bytes, close) in raw {
+        for (j, col) in buf.weights.iter().enumerate() {
+            let (bytes, close) =
+                raw_plain_chunk(col.to_byte_slice(), n, self.descr.column(ids.len() + j))
+                    .map_err(perr)?;
             rg.append_column(&bytes, close).map_err(perr)?;
         }
         rg.close().map_err(perr)?;
@@ -366,9 +414,7 @@ impl<T: ArrowPrimitiveType> FiltersFileWriter<T> {
         Ok(())
     }
 
-    fn finish(mut self) -> Result<File> {
-        let rest = self.layer_idx.len();
-        self.flush(rest)?;
+    fn finish(self) -> Result<File> {
         let path = self.path.clone();
         self.writer
             .into_inner()
