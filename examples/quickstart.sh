@@ -24,20 +24,18 @@ export FILTERDB_STORE="$WORK/store"
 "$BIN" sql "SELECT task, count(DISTINCT model_id) AS models, count(*) AS filters
             FROM filters_meta GROUP BY task ORDER BY filters DESC"
 
-# 4. the paper's per-layer sparsity: a filter is sparse when all nine |w| are below
-#    1 % of the layer's largest |w| (t = 1 for an all-zero layer); the most sparse layers
-"$BIN" sql "SELECT m.name, l.layer_name, round(l.conv_depth_norm, 2) AS depth, l.n_filters,
-                   round(avg(CASE WHEN greatest(abs(c.w0), abs(c.w1), abs(c.w2), abs(c.w3), abs(c.w4),
-                                                abs(c.w5), abs(c.w6), abs(c.w7), abs(c.w8))
-                                       < CASE WHEN l.max_abs = 0 THEN 1.0 ELSE 0.01 * l.max_abs END
-                             THEN 1.0 ELSE 0.0 END), 3) AS sparsity
-            FROM filter_columns c
-            JOIN layers l ON c.model_id = l.model_id AND c.layer_idx = l.layer_idx
-            JOIN models m ON c.model_id = m.model_id
-            GROUP BY m.name, l.layer_name, l.conv_depth_norm, l.n_filters
-            ORDER BY sparsity DESC, m.name, depth LIMIT 8"
+# 4. the paper's per-layer sparsity (a filter is sparse when all nine |w| are below 1 % of
+#    the layer's largest |w|) and normalised variance entropy: the most sparse layers
+"$BIN" sql "SELECT name, layer_name, round(conv_depth_norm, 2) AS depth, count(*) AS filters,
+                   round(layer_sparsity(weights), 3) AS sparsity,
+                   round(variance_entropy_norm(weights), 3) AS entropy_norm
+            FROM filters_meta GROUP BY name, layer_name, conv_depth_norm
+            ORDER BY sparsity DESC, name, depth LIMIT 8"
 
-# 5. a slice for a notebook: the first layers' filters as an (N, 9) float16 array
+# 5. the paper's drift between tasks: symmetric KL of PCA-coefficient histograms
+"$BIN" analyze kl-matrix --by task
+
+# 6. a slice for a notebook: the first layers' filters as an (N, 9) float16 array
 "$BIN" export --query "SELECT filter_id, model_id, layer_idx, weights FROM filters WHERE layer_idx = 0" \
     --format npy -o "$WORK/first_layers.npy"
 echo "done: store in $FILTERDB_STORE; try: $BIN sql   (interactive shell, \\d lists tables)"

@@ -9,6 +9,7 @@
 //! `FILTERDB_SLT_COMPLETE=1 cargo test --test integration slt` rewrites the `.slt`
 //! goldens (check every changed value by hand before committing).
 
+mod analyze;
 mod bad_input;
 mod cli;
 mod common;

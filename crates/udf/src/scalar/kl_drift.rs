@@ -32,13 +32,23 @@ use crate::scalar::pca_project::conform_struct;
 /// Uniform coefficient weights, the documented default.
 const UNIFORM: [f64; 9] = [1.0 / 9.0; 9];
 
+/// Whether two histogram ranges are the same up to float rounding: a relative
+/// difference of at most 1e-9 of the range width. Ranges computed by the same query
+/// in different parallel plans differ in the last bits (f64 sums in another order);
+/// bins that far apart are the same bins for any count.
+pub fn same_range(lo_a: f64, hi_a: f64, lo_b: f64, hi_b: f64) -> bool {
+    let tol = 1e-9 * (hi_a - lo_a).abs().max(hi_b - lo_b).max(f64::MIN_POSITIVE);
+    (lo_a - lo_b).abs() <= tol && (hi_a - hi_b).abs() <= tol
+}
+
 /// Scalar reference: `sum_i w_i (KL(p_i||q_i) + KL(q_i||p_i))` from
 /// [`Histogram::probabilities`], two plain KL sums per coefficient.
 ///
 /// # Errors
-/// An execution error when the histograms have different `lo`, `hi` or `bins`.
+/// An execution error when the histograms have different `lo`, `hi` (beyond
+/// [`same_range`]'s rounding tolerance) or `bins`.
 pub fn kl_drift_ref(a: &Histogram, b: &Histogram, w: &[f64; 9]) -> Result<f64> {
-    if a.lo != b.lo || a.hi != b.hi || a.bins != b.bins {
+    if !same_range(a.lo, a.hi, b.lo, b.hi) || a.bins != b.bins {
         return exec_err!(
             "kl_drift: histograms differ in range or bins: [{}, {}] x {} vs [{}, {}] x {}",
             a.lo,
@@ -157,7 +167,7 @@ pub fn kl_drift_kernel(
             continue;
         }
         let (ca, cb) = (ha.counts(i)?, hb.counts(i)?);
-        if ha.lo[i] != hb.lo[i] || ha.hi[i] != hb.hi[i] || ha.bins[i] != hb.bins[i] {
+        if !same_range(ha.lo[i], ha.hi[i], hb.lo[i], hb.hi[i]) || ha.bins[i] != hb.bins[i] {
             return exec_err!(
                 "kl_drift: histograms differ in range or bins: [{}, {}] x {} vs [{}, {}] x {}",
                 ha.lo[i],
@@ -245,7 +255,7 @@ static DOC: LazyLock<Documentation> = LazyLock::new(|| {
          where `p_i`, `q_i` are the bin probabilities of PCA coefficient i in the two histograms: \
          density `count / (total * bin_width)`, every empty bin set to float32 epsilon \
          (1.1920929e-07), divided by the sum. The weights are not renormalised. NULL in any \
-         argument gives NULL; histograms with different lo, hi or bins are an error.",
+         argument gives NULL; histograms with different bins, or lo and hi that differ by more than 1e-9 of the range width (float rounding between parallel plans), are an error.",
         "kl_drift(hist_a, hist_b [, weights])",
     )
     .with_argument(
@@ -429,6 +439,17 @@ mod tests {
         assert_eq!(out.value(0), 0.0);
         let back = run(&[Some(a)], &[Some(b)], None).unwrap();
         assert!((out.value(1) - back.value(0)).abs() < 1e-15);
+    }
+
+    #[test]
+    fn ranges_equal_up_to_rounding_are_the_same() {
+        assert!(same_range(
+            -2.107075734807672,
+            1.9966452677469262,
+            -2.1070757348076725,
+            1.996645267746936
+        ));
+        assert!(!same_range(-2.1, 2.0, -2.1, 2.0001));
     }
 
     #[test]

@@ -1,0 +1,180 @@
+//! `filterdb analyze` on the fixture store: shapes, symmetry, ordering, and agreement
+//! with the same pipeline written as SQL.
+
+use crate::common::{fixture_store, ok, s};
+
+fn csv_matrix(text: &str) -> (Vec<String>, Vec<Vec<f64>>) {
+    let mut lines = text.lines();
+    let header: Vec<String> = lines
+        .next()
+        .expect("header")
+        .split(',')
+        .skip(1)
+        .map(str::to_string)
+        .collect();
+    let rows = lines
+        .map(|l| {
+            l.rsplitn(header.len() + 1, ',')
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .skip(1)
+                .map(|v| v.parse().expect("a number"))
+                .collect()
+        })
+        .collect();
+    (header, rows)
+}
+
+#[test]
+fn kl_matrix_by_task_is_symmetric_with_zero_diagonal_and_sorted() {
+    let store = fixture_store("f16");
+    let out = ok(&[
+        "analyze",
+        "kl-matrix",
+        "--store",
+        s(store),
+        "--by",
+        "task",
+        "--format",
+        "csv",
+    ]);
+    let (groups, m) = csv_matrix(&out);
+    assert!(groups.len() >= 2, "{out}");
+    assert_eq!(m.len(), groups.len());
+    for i in 0..m.len() {
+        assert_eq!(m[i][i], 0.0);
+        for j in 0..m.len() {
+            assert!(
+                (m[i][j] - m[j][i]).abs() <= 1e-12 * m[i][j].abs().max(1.0),
+                "not symmetric: {out}"
+            );
+            assert!(m[i][j] >= 0.0);
+        }
+    }
+    // Sorted by column mean, ascending.
+    let means: Vec<f64> = (0..m.len())
+        .map(|c| m.iter().map(|r| r[c]).sum::<f64>() / m.len() as f64)
+        .collect();
+    assert!(means.windows(2).all(|w| w[0] <= w[1]), "{means:?}");
+    // The same pair through SQL, with the functions directly.
+    let (a, b) = (&groups[0], &groups[1]);
+    let sql = format!(
+        "WITH b AS (SELECT pca_fit(peak_scale(weights)) AS b FROM filters_meta), \
+         r AS (SELECT coef_range(pca_project(peak_scale(weights), (SELECT b FROM b))) AS r FROM filters_meta), \
+         h AS (SELECT task, coef_histogram(pca_project(peak_scale(weights), (SELECT b FROM b)), \
+               (SELECT r['min'] FROM r), (SELECT r['max'] FROM r), 70) AS h FROM filters_meta GROUP BY task) \
+         SELECT kl_drift(x.h, y.h, (SELECT b['explained_variance_ratio'] FROM b)) AS d \
+         FROM h x, h y WHERE x.task = '{a}' AND y.task = '{b}'"
+    );
+    let d: f64 = ok(&["sql", "--store", s(store), "--format", "csv", &sql])
+        .lines()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (d - m[0][1]).abs() <= 1e-9 * d.abs().max(1e-12),
+        "{d} vs {}",
+        m[0][1]
+    );
+}
+
+#[test]
+fn kl_matrix_by_depth_keeps_bucket_order_and_json_has_sizes() {
+    let store = fixture_store("f32");
+    let out = ok(&[
+        "analyze",
+        "kl-matrix",
+        "--store",
+        s(store),
+        "--by",
+        "depth",
+        "--format",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    let groups: Vec<&str> = v["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g.as_str().unwrap())
+        .collect();
+    let lower = |g: &str| -> f64 { g[1..].split(',').next().unwrap().parse().unwrap() };
+    assert!(
+        groups.windows(2).all(|w| lower(w[0]) < lower(w[1])),
+        "{groups:?}"
+    );
+    let filters: i64 = v["filters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .sum();
+    let total = ok(&[
+        "sql",
+        "--store",
+        s(store),
+        "--format",
+        "csv",
+        "SELECT count(*) FROM filters",
+    ]);
+    assert_eq!(
+        total.lines().nth(1).unwrap().parse::<i64>().unwrap(),
+        filters
+    );
+    assert_eq!(v["matrix"].as_array().unwrap().len(), groups.len());
+}
+
+#[test]
+fn degeneration_and_pca_report() {
+    let store = fixture_store("f16");
+    let out = ok(&[
+        "analyze",
+        "degeneration",
+        "--store",
+        s(store),
+        "--all-layers",
+        "--format",
+        "csv",
+    ]);
+    assert!(
+        out.contains("sparsity")
+            && out.contains("entropy_clean_norm")
+            && out.contains("orthogonality"),
+        "{out}"
+    );
+    let layers = ok(&[
+        "sql",
+        "--store",
+        s(store),
+        "--format",
+        "csv",
+        "SELECT count(*) FROM layers",
+    ]);
+    let n: usize = layers.lines().nth(1).unwrap().parse().unwrap();
+    // header + one row per layer, then the per-model table (header + 6 models)
+    assert_eq!(out.lines().count(), 1 + n + 1 + 6, "{out}");
+    let pca = ok(&["analyze", "pca", "--store", s(store), "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(pca.trim()).expect("json");
+    let evr: Vec<f64> = v["explained_variance_ratio"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert!((evr.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+    assert!(evr.windows(2).all(|w| w[0] >= w[1]));
+    let text = ok(&[
+        "analyze",
+        "pca",
+        "--store",
+        s(store),
+        "--where",
+        "conv_depth_norm <= 0.5",
+    ]);
+    assert!(
+        text.contains("component 8") && text.contains("cumulative 1.0000"),
+        "{text}"
+    );
+}
