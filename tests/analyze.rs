@@ -42,14 +42,14 @@ fn kl_matrix_by_task_is_symmetric_with_zero_diagonal_and_sorted() {
     let (groups, m) = csv_matrix(&out);
     assert!(groups.len() >= 2, "{out}");
     assert_eq!(m.len(), groups.len());
-    for i in 0..m.len() {
-        assert_eq!(m[i][i], 0.0);
-        for j in 0..m.len() {
+    for (i, row) in m.iter().enumerate() {
+        assert_eq!(row[i], 0.0);
+        for (j, &v) in row.iter().enumerate() {
             assert!(
-                (m[i][j] - m[j][i]).abs() <= 1e-12 * m[i][j].abs().max(1.0),
+                (v - m[j][i]).abs() <= 1e-12 * v.abs().max(1.0),
                 "not symmetric: {out}"
             );
-            assert!(m[i][j] >= 0.0);
+            assert!(v >= 0.0);
         }
     }
     // Sorted by column mean, ascending.
