@@ -737,3 +737,103 @@ mod tests {
         assert_eq!(Histogram::from_array(a.as_ref(), 0).unwrap(), Some(h));
     }
 }
+
+/// A scalar function that maps each filter to one Float64 (the norms): the shared
+/// signature, coercion, kernel and NULL handling; each function supplies its name, its
+/// per-filter reference implementation and its documentation.
+#[derive(Debug)]
+pub struct FilterReduceFunc {
+    name: &'static str,
+    reduce: fn(&[f64; 9]) -> f64,
+    doc: &'static std::sync::LazyLock<datafusion::logical_expr::Documentation>,
+    signature: datafusion::logical_expr::Signature,
+}
+
+impl PartialEq for FilterReduceFunc {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+impl Eq for FilterReduceFunc {}
+impl std::hash::Hash for FilterReduceFunc {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+    }
+}
+
+impl FilterReduceFunc {
+    /// A function `name(weights) -> Float64` computing `reduce` per filter.
+    pub fn new(
+        name: &'static str,
+        reduce: fn(&[f64; 9]) -> f64,
+        doc: &'static std::sync::LazyLock<datafusion::logical_expr::Documentation>,
+    ) -> Self {
+        FilterReduceFunc {
+            name,
+            reduce,
+            doc,
+            signature: datafusion::logical_expr::Signature::user_defined(
+                datafusion::logical_expr::Volatility::Immutable,
+            ),
+        }
+    }
+}
+
+/// Vectorised kernel of a [`FilterReduceFunc`]: one f64 per row into a flat buffer, the
+/// input's validity as is (no per-row allocation).
+pub fn filter_reduce_kernel(f: &Filters<'_>, reduce: impl Fn(&[f64; 9]) -> f64) -> Float64Array {
+    let mut values = vec![0f64; f.len()];
+    for (i, o) in values.iter_mut().enumerate() {
+        if !f.is_null(i) {
+            *o = reduce(&f.get(i));
+        }
+    }
+    Float64Array::new(ScalarBuffer::from(values), f.nulls().cloned())
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for FilterReduceFunc {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &datafusion::logical_expr::Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        let [t] = arg_types else {
+            return plan_err!(
+                "{} expects 1 argument (weights), got {}",
+                self.name,
+                arg_types.len()
+            );
+        };
+        Ok(vec![coerce_weights(self.name, t)?])
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Float64)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> Result<datafusion::logical_expr::ColumnarValue> {
+        let [w] = args.args.as_slice() else {
+            return plan_err!(
+                "{} expects 1 argument (weights), got {}",
+                self.name,
+                args.args.len()
+            );
+        };
+        let a = w.to_array(args.number_rows)?;
+        let f = Filters::try_new(self.name, a.as_ref())?;
+        Ok(datafusion::logical_expr::ColumnarValue::Array(Arc::new(
+            filter_reduce_kernel(&f, self.reduce),
+        )))
+    }
+
+    fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
+        Some(self.doc)
+    }
+}

@@ -6,16 +6,9 @@
 
 use std::sync::{Arc, LazyLock};
 
-use arrow::array::Float64Array;
-use arrow::buffer::ScalarBuffer;
-use arrow::datatypes::DataType;
-use datafusion::common::{Result, plan_err};
-use datafusion::logical_expr::{
-    ColumnarValue, DocSection, Documentation, DocumentationBuilder, ScalarFunctionArgs, ScalarUDF,
-    ScalarUDFImpl, Signature, Volatility,
-};
+use datafusion::logical_expr::{DocSection, Documentation, DocumentationBuilder, ScalarUDF};
 
-use crate::common::{Filters, coerce_weights};
+use crate::common::FilterReduceFunc;
 
 /// Scalar reference: `max_i |w_i|`.
 pub fn linf_norm_ref(x: &[f64; 9]) -> f64 {
@@ -27,31 +20,6 @@ pub fn linf_norm_ref(x: &[f64; 9]) -> f64 {
             m.max(a)
         }
     })
-}
-
-/// Vectorised kernel: one f64 per row into a flat buffer, the input's validity as is.
-pub fn linf_norm_kernel(f: &Filters<'_>) -> Float64Array {
-    let mut values = vec![0f64; f.len()];
-    for (i, o) in values.iter_mut().enumerate() {
-        if !f.is_null(i) {
-            *o = linf_norm_ref(&f.get(i));
-        }
-    }
-    Float64Array::new(ScalarBuffer::from(values), f.nulls().cloned())
-}
-
-/// The `linf_norm` SQL function.
-#[derive(Debug, PartialEq, Eq, Hash)]
-pub struct LinfNormFunc {
-    signature: Signature,
-}
-
-impl Default for LinfNormFunc {
-    fn default() -> Self {
-        Self {
-            signature: Signature::user_defined(Volatility::Immutable),
-        }
-    }
 }
 
 static DOC: LazyLock<Documentation> = LazyLock::new(|| {
@@ -83,64 +51,30 @@ static DOC: LazyLock<Documentation> = LazyLock::new(|| {
     .build()
 });
 
-impl ScalarUDFImpl for LinfNormFunc {
-    fn name(&self) -> &str {
-        "linf_norm"
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        let [t] = arg_types else {
-            return plan_err!(
-                "linf_norm expects 1 argument (weights), got {}",
-                arg_types.len()
-            );
-        };
-        Ok(vec![coerce_weights("linf_norm", t)?])
-    }
-
-    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Float64)
-    }
-
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let [w] = args.args.as_slice() else {
-            return plan_err!(
-                "linf_norm expects 1 argument (weights), got {}",
-                args.args.len()
-            );
-        };
-        let a = w.to_array(args.number_rows)?;
-        let f = Filters::try_new("linf_norm", a.as_ref())?;
-        Ok(ColumnarValue::Array(Arc::new(linf_norm_kernel(&f))))
-    }
-
-    fn documentation(&self) -> Option<&Documentation> {
-        Some(&DOC)
-    }
-}
-
 /// The singleton `linf_norm` UDF.
 pub fn linf_norm_udf() -> Arc<ScalarUDF> {
-    static UDF: LazyLock<Arc<ScalarUDF>> =
-        LazyLock::new(|| Arc::new(ScalarUDF::from(LinfNormFunc::default())));
+    static UDF: LazyLock<Arc<ScalarUDF>> = LazyLock::new(|| {
+        Arc::new(ScalarUDF::from(FilterReduceFunc::new(
+            "linf_norm",
+            linf_norm_ref,
+            &DOC,
+        )))
+    });
     Arc::clone(&UDF)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::common::fsl_f64;
+    use crate::common::{Filters, filter_reduce_kernel, fsl_f64};
     use arrow::array::Array;
+    use arrow::array::Float64Array;
     use arrow::buffer::NullBuffer;
     use proptest::prelude::*;
 
     fn run(rows: &[[f64; 9]], nulls: Option<NullBuffer>) -> Float64Array {
         let a = fsl_f64(9, rows.iter().flatten().copied().collect(), nulls).unwrap();
-        linf_norm_kernel(&Filters::try_new("t", &a).unwrap())
+        filter_reduce_kernel(&Filters::try_new("t", &a).unwrap(), linf_norm_ref)
     }
 
     #[test]
