@@ -166,7 +166,10 @@ pub fn read_safetensors(path: &Path) -> Result<RawModel> {
     // SAFETY: the map is read-only and private to this process. Like every reader of
     // memory-mapped files we rely on the file not being truncated or rewritten while it
     // is ingested; the content hash is taken from the same mapped bytes that are stored.
-    let map = unsafe { Mmap::map(&file) }.map_err(|e| io_error(path, "memory-mapping", e))?;
+    // `populate` pre-faults the whole map in one call (MAP_POPULATE): every byte is read
+    // anyway (hash, then conversion), and one fault per page cost ~10 % of ingest time.
+    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }
+        .map_err(|e| io_error(path, "memory-mapping", e))?;
     parse(path, Bytes::Mapped(map))
 }
 
