@@ -524,3 +524,93 @@ fn gen_is_deterministic() {
         );
     }
 }
+
+/// Every accepted source dtype lands in an f32 store as its exact f32 value (f16, bf16)
+/// or rounded once (f64).
+#[test]
+fn every_source_dtype_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let vals = values(2 * 3 * 9, 77);
+    let f16b: Vec<u8> = vals
+        .iter()
+        .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+        .collect();
+    let bf16b: Vec<u8> = vals
+        .iter()
+        .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+        .collect();
+    let f64b: Vec<u8> = vals
+        .iter()
+        .flat_map(|v| (f64::from(*v) * 1.000_000_1).to_le_bytes())
+        .collect();
+    let shape = vec![2usize, 3, 3, 3];
+    let views = vec![
+        (
+            "a_f16.weight".to_string(),
+            TensorView::new(Dtype::F16, shape.clone(), &f16b).unwrap(),
+        ),
+        (
+            "b_bf16.weight".to_string(),
+            TensorView::new(Dtype::BF16, shape.clone(), &bf16b).unwrap(),
+        ),
+        (
+            "c_f64.weight".to_string(),
+            TensorView::new(Dtype::F64, shape.clone(), &f64b).unwrap(),
+        ),
+    ];
+    let model = dir.path().join("dtypes.safetensors");
+    safetensors::serialize_to_file(views, None, &model).unwrap();
+    let store = dir.path().join("store");
+    ok(&["init", s(&store), "--precision", "f32"]);
+    ok(&["ingest", "--store", s(&store), s(&model)]);
+    let rows = stored_weights(&store, "f32");
+    assert_eq!(rows.len(), 18);
+    for (k, (name, _, _, w)) in rows.iter().enumerate() {
+        let src = &vals[(k % 6) * 9..(k % 6) * 9 + 9];
+        for (g, v) in w.iter().zip(src) {
+            let want = match name.as_str() {
+                "a_f16.weight" => half::f16::from_f32(*v).to_f32(),
+                "b_bf16.weight" => half::bf16::from_f32(*v).to_f32(),
+                _ => (f64::from(*v) * 1.000_000_1) as f32,
+            };
+            assert_eq!(g.to_bits(), want.to_bits(), "{name}");
+        }
+    }
+    let dtypes = ok(&[
+        "sql",
+        "--store",
+        s(&store),
+        "--format",
+        "csv",
+        "SELECT source_dtype FROM layers ORDER BY layer_idx",
+    ]);
+    assert_eq!(dtypes, "source_dtype\nf16\nbf16\nf64\n");
+}
+
+/// The interactive shell reads statements (multi-line, ending in ';') and `\d` from stdin.
+#[test]
+fn shell_runs_statements_and_describes_tables() {
+    use std::io::Write;
+    let store = fixture_store("f16");
+    let mut child = crate::common::bin()
+        .args(["sql", "--store", s(store), "--format", "csv"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"SELECT count(*) AS n\n  FROM models;\n\\d\n\\q\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("n\n6\n"), "{text}");
+    assert!(
+        text.contains("filters_meta") && text.contains("layer_name"),
+        "{text}"
+    );
+}

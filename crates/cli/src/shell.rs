@@ -27,9 +27,12 @@ pub async fn describe(ctx: &SessionContext, table: Option<&str>) -> Result<()> {
              WHERE table_schema = 'public' AND table_name = '{}' ORDER BY ordinal_position",
             t.replace('\'', "''")
         ),
-        None => "SELECT table_name, table_type, string_agg(column_name, ', ' ORDER BY ordinal_position) AS columns \
-                 FROM information_schema.columns JOIN information_schema.tables USING (table_catalog, table_schema, table_name) \
-                 WHERE table_schema = 'public' GROUP BY table_name, table_type ORDER BY table_name"
+        None => "SELECT c.table_name, t.table_type, \
+                 string_agg(c.column_name, ', ' ORDER BY c.ordinal_position) AS columns \
+                 FROM information_schema.columns c JOIN information_schema.tables t \
+                 ON c.table_catalog = t.table_catalog AND c.table_schema = t.table_schema \
+                 AND c.table_name = t.table_name \
+                 WHERE c.table_schema = 'public' GROUP BY c.table_name, t.table_type ORDER BY c.table_name"
             .to_string(),
     };
     print_dataframe(ctx.sql(&sql).await?, OutputFormat::Table).await?;
