@@ -21,7 +21,8 @@ use filterdb_store::{CommitMode, Snapshot, StageOptions, StagedModel, StoreWrite
 use crate::card::{ModelOverrides, read_card};
 use crate::error::{IngestError, Result, error_chain};
 use crate::manifest::{ManifestRow, RowError};
-use crate::normalise::{VocabExtra, normalise};
+use crate::normalise::{VocabExtra, normalise, normalise_onnx};
+use crate::onnx::{is_onnx_path, read_onnx};
 use crate::safetensors::read_safetensors;
 use crate::vocab::{KIND_TASK, KIND_VISUAL_CATEGORY};
 
@@ -92,6 +93,12 @@ fn store_err(
     }
 }
 
+/// A parsed model file of either format.
+enum Raw {
+    Safetensors(crate::safetensors::RawModel),
+    Onnx(crate::onnx::OnnxModel),
+}
+
 /// Reads, normalises and stages one model (needs only `&StoreWriter`).
 fn prepare(
     writer: &StoreWriter,
@@ -100,16 +107,29 @@ fn prepare(
     overrides: &ModelOverrides,
     opts: &IngestOptions,
 ) -> Result<Prepared> {
-    let raw = read_safetensors(path)?;
+    // The reader is picked by extension: `.onnx` -> ONNX, anything else -> safetensors.
+    let raw = if is_onnx_path(path) {
+        Raw::Onnx(read_onnx(path)?)
+    } else {
+        Raw::Safetensors(read_safetensors(path)?)
+    };
+    let sha256 = match &raw {
+        Raw::Onnx(m) => m.sha256.as_str(),
+        Raw::Safetensors(r) => r.sha256(),
+    };
     let snap = writer.snapshot();
-    if let Some(e) = snap.find_by_sha256(raw.sha256()) {
+    if let Some(e) = snap.find_by_sha256(sha256) {
         return Ok(Prepared::Present {
             model_id: e.model_id,
             name: e.name.clone(),
         });
     }
     let card = card.map(read_card).transpose()?;
-    let input = normalise(&raw, card.as_ref(), overrides, &vocab_extra(snap))?;
+    let vocab = vocab_extra(snap);
+    let input = match &raw {
+        Raw::Onnx(m) => normalise_onnx(m, card.as_ref(), overrides, &vocab)?,
+        Raw::Safetensors(r) => normalise(r, card.as_ref(), overrides, &vocab)?,
+    };
     check_name(snap, path, &input.meta.name, opts)?;
     let staged = writer
         .stage(
@@ -121,7 +141,7 @@ fn prepare(
         .map_err(store_err(path, "staging"))?;
     Ok(Prepared::Staged {
         staged: Box::new(staged),
-        sha256: raw.sha256().to_owned(),
+        sha256: sha256.to_owned(),
     })
 }
 

@@ -5,7 +5,9 @@
 //!
 //! 1. [`safetensors::read_safetensors`] memory-maps and hashes the file and parses its
 //!    header into a [`RawModel`] (clear errors for missing, empty, truncated or corrupt
-//!    files and unsupported dtypes);
+//!    files and unsupported dtypes); for `.onnx` files [`onnx::read_onnx`] decodes the
+//!    graph into an [`OnnxModel`] (Conv weights, graph levels, producer, opsets), which
+//!    [`normalise::normalise_onnx`] normalises with the graph depth rule;
 //! 2. [`card::read_card`] reads an optional TOML model card, validated against
 //!    `schemas/model-card.schema.json`;
 //! 3. [`normalise::normalise`] merges command-line / manifest overrides over the card,
@@ -44,6 +46,7 @@ pub mod ingest;
 pub mod manifest;
 pub mod natural_sort;
 pub mod normalise;
+pub mod onnx;
 pub mod safetensors;
 pub mod synth;
 pub mod vocab;
@@ -60,7 +63,8 @@ pub use ingest::{
 };
 pub use manifest::{Manifest, ManifestRow, RowError, read_manifest};
 pub use natural_sort::{natural_cmp, natural_sort};
-pub use normalise::{VocabExtra, normalise};
+pub use normalise::{VocabExtra, normalise, normalise_onnx};
+pub use onnx::{OnnxConv, OnnxModel, read_onnx};
 pub use safetensors::{RawModel, RawTensor, read_safetensors};
 pub use synth::{GenModel, GenOptions, GenSummary, GenTensor, generate_model, generate_zoo};
 pub use vocab::canonicalise;

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::card::{ModelCard, ModelOverrides};
 use crate::error::{IngestError, Result};
+use crate::onnx::OnnxModel;
 use crate::safetensors::{RawModel, RawTensor};
 use crate::vocab::{KIND_TASK, KIND_VISUAL_CATEGORY, canonicalise};
 use crate::{KernelData, KernelLayout, LayerInput, ModelInput, ModelMeta};
@@ -25,6 +26,31 @@ use crate::{KernelData, KernelLayout, LayerInput, ModelInput, ModelMeta};
 pub const DEPTH_RULE_NAME_ORDER: &str = "name_order";
 /// `depth_rule` of layers whose depth the card gives.
 pub const DEPTH_RULE_CARD: &str = "card";
+/// `depth_rule` of layers whose depth comes from the ONNX graph levels.
+pub const DEPTH_RULE_GRAPH: &str = "graph";
+
+/// Graph facts of one convolution tensor (ONNX).
+#[derive(Debug, Clone, Copy)]
+struct GraphLayer {
+    conv_depth: Option<i64>,
+    conv_depth_norm: Option<f64>,
+    groups: i64,
+}
+
+/// What the normaliser needs of a parsed file, whatever its format.
+struct Source<'a> {
+    path: &'a std::path::Path,
+    sha256: &'a str,
+    file_bytes: u64,
+    format: &'static str,
+    report: Vec<String>,
+    /// Tensors in layer order, with graph facts for graph formats.
+    tensors: Vec<(RawTensor<'a>, Option<GraphLayer>)>,
+    /// Number of graph levels (graph formats).
+    depth: Option<i64>,
+    /// Extra model fields from the file (producer, opset, ...).
+    extra: BTreeMap<String, String>,
+}
 
 /// The store's user-added vocabulary values, passed to [`normalise`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -105,18 +131,155 @@ pub fn normalise<'a>(
     overrides: &ModelOverrides,
     vocab: &VocabExtra,
 ) -> Result<ModelInput<'a>> {
+    let src = Source {
+        path: raw.path(),
+        sha256: raw.sha256(),
+        file_bytes: raw.file_bytes(),
+        format: "safetensors",
+        report: raw.report().to_vec(),
+        tensors: raw.tensors().map(|t| (t, None)).collect(),
+        depth: None,
+        extra: BTreeMap::new(),
+    };
+    normalise_source(src, card, overrides, vocab)
+}
+
+fn st_dtype(d: crate::SourceDtype) -> safetensors::Dtype {
+    match d {
+        crate::SourceDtype::F16 => safetensors::Dtype::F16,
+        crate::SourceDtype::BF16 => safetensors::Dtype::BF16,
+        crate::SourceDtype::F32 => safetensors::Dtype::F32,
+        crate::SourceDtype::F64 => safetensors::Dtype::F64,
+    }
+}
+
+/// Builds the store's [`ModelInput`] for one parsed ONNX model
+/// (`source_format = "onnx"`).
+///
+/// Layers are the 3x3 Convs in graph order, named by their weight tensor; `conv_depth`
+/// and `conv_depth_norm` come from the graph levels (`depth_rule = "graph"`) unless the
+/// card gives `conv_depth` for the layers (keyed by weight tensor name); `groups` is the
+/// node's `group` attribute unless the card gives it; `depth` is the number of graph
+/// levels. `extra` gets the producer, IR version, opsets, operator counts and, per conv
+/// node, its name, weight, shape, group, strides, dilations, pads and levels
+/// (`onnx_convs`, a JSON array). Convs that share a weight tensor are stored once.
+///
+/// # Errors
+/// As [`normalise`].
+pub fn normalise_onnx<'a>(
+    model: &'a OnnxModel,
+    card: Option<&ModelCard>,
+    overrides: &ModelOverrides,
+    vocab: &VocabExtra,
+) -> Result<ModelInput<'a>> {
+    let mut report = model.report.clone();
+    let mut seen = BTreeSet::new();
+    let mut shared = Vec::new();
+    let mut tensors = Vec::new();
+    for c in &model.convs {
+        if !seen.insert(c.weight_name.as_str()) {
+            shared.push(format!("{} ({})", c.node_name, c.weight_name));
+            continue;
+        }
+        tensors.push((
+            RawTensor {
+                name: &c.weight_name,
+                dtype: st_dtype(c.dtype),
+                source_dtype: Some(c.dtype),
+                shape: &c.shape,
+                bytes: &c.bytes,
+            },
+            Some(GraphLayer {
+                conv_depth: c.conv_depth,
+                conv_depth_norm: c.conv_depth_norm,
+                groups: c.group,
+            }),
+        ));
+    }
+    if !shared.is_empty() {
+        report.push(format!(
+            "{} Conv node(s) reuse a weight tensor already stored for an earlier node: {}",
+            shared.len(),
+            list_examples(shared.into_iter(), 5)
+        ));
+    }
+    let json = |v: serde_json::Value| v.to_string();
+    let mut extra = BTreeMap::new();
+    extra.insert("producer".to_owned(), model.producer_name.clone());
+    extra.insert(
+        "producer_version".to_owned(),
+        model.producer_version.clone(),
+    );
+    extra.insert("onnx_ir_version".to_owned(), model.ir_version.to_string());
+    extra.insert("opset".to_owned(), json(serde_json::json!(model.opsets)));
+    extra.insert(
+        "operator_counts".to_owned(),
+        json(serde_json::json!(model.op_counts)),
+    );
+    extra.insert("conv_levels".to_owned(), model.conv_levels.to_string());
+    let convs: Vec<serde_json::Value> = model
+        .convs
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "node": c.node_name,
+                "weight": c.weight_name,
+                "weight_source": c.weight_source,
+                "shape": c.shape,
+                "group": c.group,
+                "strides": c.strides,
+                "dilations": c.dilations,
+                "pads": c.pads,
+                "auto_pad": c.auto_pad,
+                "graph_level": c.graph_level,
+                "conv_depth": c.conv_depth,
+            })
+        })
+        .collect();
+    extra.insert(
+        "onnx_convs".to_owned(),
+        json(serde_json::Value::from(convs)),
+    );
+    let src = Source {
+        path: &model.path,
+        sha256: &model.sha256,
+        file_bytes: model.file_bytes,
+        format: "onnx",
+        report,
+        tensors,
+        depth: Some(model.depth),
+        extra,
+    };
+    normalise_source(src, card, overrides, vocab)
+}
+
+fn normalise_source<'a>(
+    src: Source<'a>,
+    card: Option<&ModelCard>,
+    overrides: &ModelOverrides,
+    vocab: &VocabExtra,
+) -> Result<ModelInput<'a>> {
     let no_card = ModelOverrides::default();
     let fields = overrides.or(card.map_or(&no_card, |c| &c.fields));
-    let layout = fields.layout.unwrap_or_default();
-    let mut report: Vec<String> = raw.report().to_vec();
+    let graph = src.depth.is_some();
+    let mut report: Vec<String> = src.report.clone();
+    let layout = if graph {
+        if fields.layout == Some(KernelLayout::Hwio) {
+            report.push("layout hwio ignored: ONNX Conv weights are oihw".to_owned());
+        }
+        KernelLayout::Oihw
+    } else {
+        fields.layout.unwrap_or_default()
+    };
 
     let mut kernel_shape_counts: BTreeMap<String, u64> = BTreeMap::new();
     let mut conv_tensors = 0u64;
     let mut layers3: Vec<(RawTensor<'a>, ConvDims)> = Vec::new();
+    let mut graph3: Vec<Option<GraphLayer>> = Vec::new();
     let mut positions: Vec<i64> = Vec::new();
     let mut other_kernels: Vec<String> = Vec::new();
     let mut empty: Vec<String> = Vec::new();
-    for t in raw.tensors() {
+    for &(t, g) in &src.tensors {
         let Some(d) = conv_dims(t.shape, layout) else {
             continue;
         };
@@ -131,6 +294,7 @@ pub fn normalise<'a>(
             .or_insert(0) += (d.out_channels as u64) * (d.in_channels as u64);
         if d.kh == 3 && d.kw == 3 {
             layers3.push((t, d));
+            graph3.push(g);
             positions.push(position as i64);
         } else {
             other_kernels.push(format!("{} {:?}", t.name, t.shape));
@@ -154,21 +318,24 @@ pub fn normalise<'a>(
     }
     if layers3.is_empty() {
         return Err(IngestError::NoConvKernels {
-            path: raw.path().to_owned(),
+            path: src.path.to_owned(),
             layout: layout_name(layout),
             found: list_examples(
-                raw.tensors()
-                    .map(|t| format!("{} {:?} {}", t.name, t.shape, t.dtype)),
+                src.tensors
+                    .iter()
+                    .map(|(t, _)| format!("{} {:?} {}", t.name, t.shape, t.dtype)),
                 8,
             ),
         });
     }
 
     // Card per-layer entries.
+    let graph_groups: Vec<i64> = graph3.iter().map(|g| g.map_or(1, |g| g.groups)).collect();
     let (depths, groups) = match card {
-        Some(card) => card_layers(card, raw, &layers3)?,
-        None => (None, vec![1; layers3.len()]),
+        Some(card) => card_layers(card, &src, &layers3, &graph_groups)?,
+        None => (None, graph_groups),
     };
+    let mut skip = vec![false; layers3.len()];
     let (conv_depth, conv_depth_norm, rule): (Vec<i64>, Vec<f64>, &str) = match depths {
         Some(depths) => {
             let levels: Vec<i64> = depths
@@ -207,6 +374,34 @@ pub fn normalise<'a>(
             }
             (depths, norm, DEPTH_RULE_CARD)
         }
+        None if graph => {
+            let mut d = Vec::with_capacity(layers3.len());
+            let mut norm = Vec::with_capacity(layers3.len());
+            let mut no_level = Vec::new();
+            for (i, g) in graph3.iter().enumerate() {
+                match g.and_then(|g| g.conv_depth.zip(g.conv_depth_norm)) {
+                    Some((cd, n)) => {
+                        d.push(cd);
+                        norm.push(n);
+                    }
+                    None => {
+                        skip[i] = true;
+                        no_level.push(layers3[i].0.name.to_owned());
+                        d.push(0);
+                        norm.push(0.0);
+                    }
+                }
+            }
+            if !no_level.is_empty() {
+                report.push(format!(
+                    "{} 3x3 layer(s) not stored: their Conv has no graph level (reached \
+                     only from constants): {}",
+                    no_level.len(),
+                    list_examples(no_level.into_iter(), 5)
+                ));
+            }
+            (d, norm, DEPTH_RULE_GRAPH)
+        }
         None => {
             // Every convolution (any kernel size) is a level, as in the paper's graph
             // rule; the 3x3 layers take their position among them.
@@ -227,10 +422,13 @@ pub fn normalise<'a>(
 
     let mut layers = Vec::with_capacity(layers3.len());
     for (i, (t, d)) in layers3.iter().enumerate() {
+        if skip[i] {
+            continue;
+        }
         let Some(dtype) = t.source_dtype else {
             // read_safetensors rejects rank-4 tensors of other dtypes
             return Err(IngestError::UnsupportedDtype {
-                path: raw.path().to_owned(),
+                path: src.path.to_owned(),
                 tensor: t.name.to_owned(),
                 dtype: t.dtype.to_string(),
                 shape: t.shape.to_vec(),
@@ -264,14 +462,14 @@ pub fn normalise<'a>(
         .transpose()?;
     let name = match fields.name.clone() {
         Some(n) => n,
-        None => raw
-            .path()
+        None => src
+            .path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "model".to_owned()),
     };
-    let mut extra = BTreeMap::new();
+    let mut extra = src.extra;
     for (k, v) in [
         ("paper", &fields.paper),
         ("url", &fields.url),
@@ -294,11 +492,11 @@ pub fn normalise<'a>(
             training_dataset: fields.training_dataset,
             pretraining_dataset: fields.pretraining_dataset,
             visual_category,
-            source_format: "safetensors".to_owned(),
-            source_path: raw.path().display().to_string(),
-            source_sha256: raw.sha256().to_owned(),
-            source_bytes: raw.file_bytes(),
-            depth: None,
+            source_format: src.format.to_owned(),
+            source_path: src.path.display().to_string(),
+            source_sha256: src.sha256.to_owned(),
+            source_bytes: src.file_bytes,
+            depth: src.depth,
             kernel_shape_counts,
             conv_tensors,
             extra,
@@ -320,14 +518,15 @@ type CardLayerResult = (Option<Vec<i64>>, Vec<i64>);
 
 fn card_layers(
     card: &ModelCard,
-    raw: &RawModel,
+    raw: &Source<'_>,
     layers3: &[(RawTensor<'_>, ConvDims)],
+    default_groups: &[i64],
 ) -> Result<CardLayerResult> {
     let err = |detail: String| IngestError::CardLayers {
         path: card.path.clone(),
         detail,
     };
-    let known: BTreeSet<&str> = raw.tensors().map(|t| t.name).collect();
+    let known: BTreeSet<&str> = raw.tensors.iter().map(|(t, _)| t.name).collect();
     let unknown: Vec<&str> = card
         .layers
         .keys()
@@ -337,20 +536,22 @@ fn card_layers(
     if !unknown.is_empty() {
         return Err(err(format!(
             "[layers] names tensor(s) not in {}: {}",
-            raw.path().display(),
+            raw.path.display(),
             unknown.join(", ")
         )));
     }
     let mut depths = Vec::with_capacity(layers3.len());
     let mut missing = Vec::new();
     let mut groups = Vec::with_capacity(layers3.len());
-    for (t, d) in layers3 {
+    for (i, (t, d)) in layers3.iter().enumerate() {
         let entry = card.layers.get(t.name);
         match entry.and_then(|e| e.conv_depth) {
             Some(cd) => depths.push(cd),
             None => missing.push(t.name),
         }
-        let g = entry.and_then(|e| e.groups).unwrap_or(1);
+        let g = entry
+            .and_then(|e| e.groups)
+            .unwrap_or(default_groups.get(i).copied().unwrap_or(1));
         if g < 1 || d.out_channels % (g as usize) != 0 {
             return Err(err(format!(
                 "layer {}: groups = {g} must be >= 1 and divide its {} output channels",
