@@ -28,8 +28,20 @@ pub enum IngestError {
         source: std::io::Error,
     },
 
+    /// An ONNX model that cannot be read: not a protobuf, no graph, a cycle, a Conv
+    /// without weights, weights that do not fit their shape, bad external data.
+    #[error("{path}: ONNX model: {what}: {detail}")]
+    Onnx {
+        /// The .onnx file.
+        path: PathBuf,
+        /// The part of the model (node, tensor, graph).
+        what: String,
+        /// What is wrong and what was expected.
+        detail: String,
+    },
+
     /// The file holds no bytes at all.
-    #[error("{path}: the file is empty (0 bytes); expected a safetensors file")]
+    #[error("{path}: the file is empty (0 bytes); expected a model file (safetensors or ONNX)")]
     EmptyFile {
         /// The file.
         path: PathBuf,

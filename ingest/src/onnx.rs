@@ -296,10 +296,10 @@ pub struct OnnxModel {
     pub report: Vec<String>,
 }
 
-fn bad(path: &Path, field: impl Into<String>, detail: impl Into<String>) -> IngestError {
-    IngestError::InvalidField {
-        source_name: path.display().to_string(),
-        field: field.into(),
+fn bad(path: &Path, what: impl Into<String>, detail: impl Into<String>) -> IngestError {
+    IngestError::Onnx {
+        path: path.to_owned(),
+        what: what.into(),
         detail: detail.into(),
     }
 }
@@ -308,7 +308,7 @@ fn bad(path: &Path, field: impl Into<String>, detail: impl Into<String>) -> Inge
 ///
 /// # Errors
 /// [`IngestError::FileNotFound`] / [`IngestError::Io`] / [`IngestError::EmptyFile`] for
-/// the file itself; [`IngestError::InvalidField`] naming the file for a protobuf that
+/// the file itself; [`IngestError::Onnx`] naming the file for a protobuf that
 /// does not decode (truncated or not ONNX), a model without a graph, a cycle, a Conv
 /// whose weight is neither an initializer nor a `Constant` (naming the node), weight data
 /// that does not fit its shape, or external data that is missing or outside the model's

@@ -305,7 +305,7 @@ pub fn vacuum(a: VacuumArgs) -> Result<ExitCode> {
 pub struct IngestArgs {
     #[command(flatten)]
     store: StoreArg,
-    /// The model file (safetensors).
+    /// The model file: .safetensors, or .onnx (depth from the graph).
     model: Option<PathBuf>,
     /// Bulk ingest: a .csv or .jsonl manifest (column `path` plus card fields).
     #[arg(long, conflicts_with = "model")]
