@@ -602,6 +602,57 @@ def synthetic_sources(zoo: Path) -> dict:
     return out
 
 
+def check_onnx_ingest(fdb, res, work: Path, fdir: Path, fixture: dict, safetensors_store: Path):
+    """The real .onnx files ingested directly (filterdb's own ONNX reader): graph depths
+    against fetch_models.py's oracle, and every weight bit-equal to the store built from
+    the safetensors conversion of the same models."""
+    label = "real-onnx-f32"
+    manifest = fdir / "onnx-manifest.csv"
+    with open(manifest, "w") as f:
+        f.write("path,name,task,visual_category,architecture\n")
+        for m in fixture["models"]:
+            c = m["card_fields"]
+            f.write(f'{m["onnx"]},{m["name"]},{c["task"]},{c["visual_category"]},"{c["architecture"]}"\n')
+    store = work / f"store-{label}"
+    try:
+        if not (store / "filterdb.json").exists():
+            build_store(fdb, store, "f32", manifest)
+    except SqlError as e:
+        res.add(label, "build store from .onnx", False, str(e))
+        return
+    res.add(label, "build store from .onnx", True, str(manifest))
+    got, ref_store = StoreData(store), StoreData(safetensors_store)
+    want = {(m["name"], L["onnx_name"]): L for m in fixture["models"] for L in m["layers"] if L["shape"][2:] == [3, 3]}
+    bad = []
+    for L in got.layers:
+        mname = got.models[L["model_id"]]["name"]
+        w = want.get((mname, L["layer_name"]))
+        if w is None:
+            bad.append(f"{mname}/{L['layer_name']}: not a 3x3 conv of the source graph")
+        elif (L["conv_depth"], L["groups"], L["depth_rule"]) != (w["conv_depth"], w["groups"], "graph") or not math.isclose(
+                L["conv_depth_norm"], w["conv_depth_norm"], abs_tol=1e-12):
+            bad.append(f"{mname}/{L['layer_name']}: got {L['conv_depth']},{L['conv_depth_norm']},{L['groups']} "
+                       f"expected {w['conv_depth']},{w['conv_depth_norm']},{w['groups']}")
+    res.add(label, "layers: graph-rule conv_depth, conv_depth_norm, groups", not bad and len(got.layers) == len(want),
+            "; ".join(bad[:3]), len(got.layers))
+    depth_ok = all(got.models[mid]["depth"] == next(m["depth"] for m in fixture["models"] if m["name"] == got.models[mid]["name"])
+                   for mid in got.models)
+    res.add(label, "models.depth = number of graph levels", depth_ok, "", len(got.models))
+
+    def weights_by_layer(d):
+        out = {}
+        for (mid, li), idx in d.groups.items():
+            L = d.layer_key[(mid, li)]
+            # fetch_models.py prefixes the safetensors names with the graph order: conv000.
+            name = re.sub(r"^conv\d{3}\.", "", L["layer_name"])
+            out[(d.models[mid]["name"], name)] = d.w_stored[idx].view(np.uint32)
+        return out
+    a, b = weights_by_layer(got), weights_by_layer(ref_store)
+    same = a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    res.add(label, "weights bit-equal to the safetensors-built store", same,
+            "" if same else f"layers {sorted(set(a) ^ set(b))[:3]} or values differ", len(got.filter_id))
+
+
 def main() -> int:
     target = os.environ.get("CARGO_TARGET_DIR", str(REPO / "target"))
     binary = os.environ.get("FILTERDB_BIN", os.path.join(target, "debug", "filterdb"))
@@ -647,6 +698,12 @@ def main() -> int:
         ch.run_all(fixture)
         if label.startswith("synthetic") and hasattr(ch, "sklearn_agrees"):
             print(f"[{label}] sklearn's own PCA signs satisfy the documented rule: {ch.sklearn_agrees}")
+        if label == "real-f32":
+            fdir = manifest.parent
+            try:
+                check_onnx_ingest(fdb, res, work, fdir, fixture, store)
+            except Exception as e:  # a crash here is a failure, not an abort
+                res.add("real-onnx-f32", "onnx ingest", False, f"{type(e).__name__}: {e}")
 
     print()
     print(res.table())
