@@ -174,8 +174,27 @@ async fn collect(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>> {
 }
 
 /// SQL of the three passes of the KL pipeline; also printed by `docs/paper.md`.
+///
+/// Without `--where`, the basis and range passes read `filters` alone and the histogram
+/// pass joins only the table its grouping needs (`models` or `layers`); with `--where`,
+/// every pass reads `filters_meta`, whose columns the condition may use.
 pub fn kl_sql(by: GroupBy, where_clause: &str, bins: u32, uniform: bool) -> [String; 4] {
     let scaled = "peak_scale(weights)";
+    let (all, grouped) = if where_clause.is_empty() {
+        let grouped = match by {
+            GroupBy::Depth => {
+                "(SELECT f.model_id, f.weights, l.conv_depth_norm FROM filters f \
+                 JOIN layers l ON f.model_id = l.model_id AND f.layer_idx = l.layer_idx)"
+            }
+            _ => {
+                "(SELECT f.model_id, f.weights, m.task, m.visual_category, m.architecture, m.name \
+                 FROM filters f JOIN models m ON f.model_id = m.model_id)"
+            }
+        };
+        ("filters", grouped)
+    } else {
+        ("filters_meta", "filters_meta")
+    };
     let project = format!("pca_project({scaled}, (SELECT b FROM _basis))");
     let weights = if uniform {
         String::new()
@@ -184,15 +203,15 @@ pub fn kl_sql(by: GroupBy, where_clause: &str, bins: u32, uniform: bool) -> [Str
     };
     [
         format!(
-            "CREATE OR REPLACE TABLE _basis AS SELECT pca_fit({scaled}) AS b FROM filters_meta {where_clause}"
+            "CREATE OR REPLACE TABLE _basis AS SELECT pca_fit({scaled}) AS b FROM {all} {where_clause}"
         ),
         format!(
-            "CREATE OR REPLACE TABLE _range AS SELECT coef_range({project}) AS r FROM filters_meta {where_clause}"
+            "CREATE OR REPLACE TABLE _range AS SELECT coef_range({project}) AS r FROM {all} {where_clause}"
         ),
         format!(
             "CREATE OR REPLACE TABLE _hist AS SELECT {g} AS grp, count(DISTINCT model_id) AS models, count(*) AS filters, \
              coef_histogram({project}, (SELECT r['min'] FROM _range), (SELECT r['max'] FROM _range), {bins}) AS h \
-             FROM filters_meta {where_clause} GROUP BY {g}",
+             FROM {grouped} {where_clause} GROUP BY {g}",
             g = by.expr()
         ),
         format!(
