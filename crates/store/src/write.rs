@@ -24,11 +24,14 @@ use parquet::schema::types::ColumnPath;
 use crate::convert::{ConvertTo, LayerScan, convert_any};
 use crate::error::{IoContext, Result, StoreError};
 use crate::input::{KernelData, ModelInput};
-use crate::schema::{Precision, WEIGHT_COLUMNS, filters_schema, layers_schema, models_schema};
+use crate::schema::{Precision, filters_schema, layers_schema, models_schema};
 
 /// Rows per Parquet row group of a `filters` file: small enough that a layer-selective
 /// query skips most of a big model, large enough to amortise per-group overhead.
 pub const FILTERS_ROW_GROUP: usize = 262_144;
+
+/// Number of leading id columns of a `filters` file (filter_id .. in_channel).
+const ID_COLUMNS: usize = 5;
 
 /// Summary of one written model, used for the log entry.
 #[derive(Debug, Clone)]
@@ -57,15 +60,9 @@ fn props_filters() -> WriterProperties {
     for c in ["filter_id", "layer_idx", "out_channel", "in_channel"] {
         b = b.set_column_encoding(ColumnPath::from(c), Encoding::DELTA_BINARY_PACKED);
     }
-    for w in WEIGHT_COLUMNS {
-        // Float weights hardly compress (measured 1.08x with zstd); plain and
-        // uncompressed decodes fastest. Min/max of a weight column prunes nothing.
-        let p = ColumnPath::from(w);
-        b = b
-            .set_column_compression(p.clone(), Compression::UNCOMPRESSED)
-            .set_column_encoding(p.clone(), Encoding::PLAIN)
-            .set_column_statistics_enabled(p, EnabledStatistics::None);
-    }
+    // The weight columns are not encoded by parquet-rs: `raw_plain_chunk` writes them
+    // PLAIN, uncompressed and without statistics (float weights hardly compress, measured
+    // 1.08x with zstd; min/max of a weight column prunes nothing).
     b.build()
 }
 
@@ -334,6 +331,7 @@ where
 struct RowGroupEncoder {
     writer: SerializedFileWriter<File>,
     factory: ArrowRowGroupWriterFactory,
+    /// The id columns' Arrow schema (what `factory` writes).
     schema: SchemaRef,
     descr: parquet::schema::types::SchemaDescPtr,
     path: std::path::PathBuf,
@@ -360,11 +358,14 @@ impl RowGroupEncoder {
         add_encoded_arrow_schema_to_metadata(&schema, &mut props);
         let writer = SerializedFileWriter::new(file, descr.root_schema_ptr(), Arc::new(props))
             .map_err(perr)?;
-        let factory = ArrowRowGroupWriterFactory::new(&writer, Arc::clone(&schema));
+        // Column writers for the id columns only (the leading fields); the weight
+        // chunks are written raw.
+        let id_schema = Arc::new(schema.project(&(0..ID_COLUMNS).collect::<Vec<_>>())?);
+        let factory = ArrowRowGroupWriterFactory::new(&writer, Arc::clone(&id_schema));
         Ok(RowGroupEncoder {
             writer,
             factory,
-            schema,
+            schema: id_schema,
             descr,
             path: path.to_path_buf(),
             model_id,
@@ -394,7 +395,6 @@ impl RowGroupEncoder {
             .factory
             .create_column_writers(self.row_groups)
             .map_err(perr)?;
-        writers.truncate(ids.len());
         encode_columns(&mut writers, &ids, &self.schema, 0).map_err(perr)?;
         let mut rg = self.writer.next_row_group().map_err(perr)?;
         for w in writers {
