@@ -249,9 +249,14 @@ def build_store(fdb, zoo, store, res):
 # ----------------------------------------------------------------------- filterdb
 # The baseline's layer statistics (sparsity + variance entropy, no orthogonality) as one
 # `filterdb sql` query: the like-for-like counterpart of the peers' layer_stats stage.
-LAYER_SQL = ("SELECT model_id, name, layer_idx, layer_name, count(*) AS n_filters, "
+# Per layer over `filters` alone (grouped by the two integer ids, one sorted streaming
+# stage), then the names joined onto one row per layer -- as `analyze degeneration` does.
+LAYER_SQL = ("SELECT p.model_id, m.name, p.layer_idx, l.layer_name, p.n_filters, p.sparsity, p.entropy "
+             "FROM (SELECT model_id, layer_idx, count(*) AS n_filters, "
              "layer_sparsity(weights, 0.01) AS sparsity, variance_entropy(weights) AS entropy "
-             "FROM filters_meta GROUP BY model_id, name, layer_idx, layer_name ORDER BY model_id, layer_idx")
+             "FROM filters GROUP BY model_id, layer_idx) p "
+             "JOIN layers l ON p.model_id = l.model_id AND p.layer_idx = l.layer_idx "
+             "JOIN models m ON p.model_id = m.model_id ORDER BY p.model_id, p.layer_idx")
 
 
 def fdb_commands(fdb, store, threads, with_sql=True):

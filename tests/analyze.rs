@@ -29,9 +29,6 @@ fn csv_matrix(text: &str) -> (Vec<String>, Vec<Vec<f64>>) {
 #[test]
 fn kl_matrix_by_task_is_symmetric_with_zero_diagonal_and_sorted() {
     let store = fixture_store("f16");
-    // One thread: with several, the f64 sums of pca_fit merge in whatever order the
-    // partitions finish, the basis differs in its last bits between the command's passes
-    // and this test's query, and a filter on a bin edge can change bins.
     let out = ok(&[
         "analyze",
         "kl-matrix",
@@ -191,4 +188,58 @@ fn degeneration_and_pca_report() {
         text.contains("component 8") && text.contains("cumulative 1.0000"),
         "{text}"
     );
+}
+
+/// The same answers with one partition, several, and a memory limit small enough to make
+/// the aggregates spill: `pca_fit` sums are exact across batches and partitions, and the
+/// scan cuts the same batches whatever the partitioning, so the output is identical.
+#[test]
+fn answers_do_not_depend_on_partitions_or_memory_limit() {
+    let store = fixture_store("f16");
+    let run = |extra: &[&str]| {
+        let mut kl = vec![
+            "analyze",
+            "kl-matrix",
+            "--store",
+            s(store),
+            "--by",
+            "task",
+            "--format",
+            "csv",
+        ];
+        kl.extend_from_slice(extra);
+        let mut deg = vec![
+            "analyze",
+            "degeneration",
+            "--store",
+            s(store),
+            "--all-layers",
+            "--format",
+            "csv",
+        ];
+        deg.extend_from_slice(extra);
+        let mut depth = vec![
+            "analyze",
+            "kl-matrix",
+            "--store",
+            s(store),
+            "--by",
+            "depth",
+            "--format",
+            "json",
+        ];
+        depth.extend_from_slice(extra);
+        (ok(&kl), ok(&deg), ok(&depth))
+    };
+    let one = run(&["--threads", "1"]);
+    for extra in [
+        &["--threads", "2"][..],
+        &["--threads", "5"][..],
+        &["--threads", "3", "--memory-limit", "2M"][..],
+    ] {
+        let other = run(extra);
+        assert_eq!(one.0, other.0, "kl-matrix by task with {extra:?}");
+        assert_eq!(one.2, other.2, "kl-matrix by depth with {extra:?}");
+        assert_eq!(one.1, other.1, "degeneration with {extra:?}");
+    }
 }

@@ -4,7 +4,8 @@
 //! - `cli`: the `filterdb` binary end to end (init, ingest, sql, export, info, vacuum);
 //! - `bad_input`: each malformed input gives a clear error and leaves the store unchanged;
 //! - `crash`: `kill -9` during ingest, repeated, never corrupts a store;
-//! - `concurrency`: two writers and readers on one store.
+//! - `concurrency`: two writers and readers on one store;
+//! - `scan`: filterdb's scan of the filter files (pruning, other Parquet layouts).
 //!
 //! `FILTERDB_SLT_COMPLETE=1 cargo test --test integration slt` rewrites the `.slt`
 //! goldens (check every changed value by hand before committing).
@@ -15,4 +16,7 @@ mod cli;
 mod common;
 mod concurrency;
 mod crash;
+mod import_h5;
+mod npz;
+mod scan;
 mod slt;

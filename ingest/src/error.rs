@@ -40,6 +40,76 @@ pub enum IngestError {
         detail: String,
     },
 
+    /// A NumPy `.npz` archive or `.npy` file that cannot be read: not a zip archive or
+    /// not an `.npy` array (bad magic), truncated, a header that does not parse, a member
+    /// that fails its CRC, a pickled (`object`) array, a rank-4 array of a dtype other
+    /// than float16/32/64.
+    #[error("{path}: {}{detail}", member.as_ref().map(|m| format!("member {m}: ")).unwrap_or_default())]
+    Numpy {
+        /// The .npz / .npy file.
+        path: PathBuf,
+        /// The archive member at fault, if one.
+        member: Option<String>,
+        /// What is wrong and what was expected.
+        detail: String,
+    },
+
+    /// The CNN Filter DB release (or its `--meta` export) does not have the expected
+    /// shape: a missing dataset, a wrong shape or type, a bad meta row or column.
+    #[error("{path}: {location}: {detail}")]
+    Release {
+        /// The release file (or the `--meta` file).
+        path: PathBuf,
+        /// The dataset, field, row and column (`dataset /filters`, `/meta/table row 7,
+        /// column filter_ids`).
+        location: String,
+        /// What is wrong and what was expected.
+        detail: String,
+    },
+
+    /// The HDF5 library failed on a release file.
+    #[error("{path}: {location}: HDF5 error: {message}")]
+    Hdf5 {
+        /// The file.
+        path: PathBuf,
+        /// What was being read (`opening the file`, `dataset /filters, rows 0..4096`).
+        location: String,
+        /// The library's message (its error stack, innermost first).
+        message: String,
+    },
+
+    /// `/meta` is in a pandas format that only Python can read.
+    #[error(
+        "{path}: {dataset}: {detail}. Export it once with pandas and pass the export with \
+         --meta (Parquet or CSV):\n    import pandas as pd\n    \
+         pd.read_hdf({path:?}, \"meta\").to_parquet(\"meta.parquet\")   # or .to_csv(\"meta.csv\")\n\
+         then: filterdb import-cnnfilterdb --meta meta.parquet {path:?}"
+    )]
+    PickledMeta {
+        /// The release file.
+        path: PathBuf,
+        /// The group (`/meta`).
+        dataset: String,
+        /// What was found.
+        detail: String,
+    },
+
+    /// Task or visual-category labels of a release that are not in the vocabulary.
+    #[error(
+        "{path}: {} label(s) of the release are not in the store's vocabulary:\n  {}\n\
+         Fix: rerun with --add-vocab to add them to this store (one `vocab add` version each, \
+         in the store's history), add the ones you want with `filterdb vocab add --kind KIND \
+         VALUE`, or use --fix-labels for the paper's own label fixes",
+        values.len(),
+        values.join("\n  ")
+    )]
+    UnknownReleaseVocabulary {
+        /// The release file.
+        path: PathBuf,
+        /// One line per value: kind, value, the models that use it and close matches.
+        values: Vec<String>,
+    },
+
     /// The file holds no bytes at all.
     #[error("{path}: the file is empty (0 bytes); expected a model file (safetensors or ONNX)")]
     EmptyFile {

@@ -22,6 +22,7 @@ use crate::card::{ModelOverrides, read_card};
 use crate::error::{IngestError, Result, error_chain};
 use crate::manifest::{ManifestRow, RowError};
 use crate::normalise::{VocabExtra, normalise, normalise_onnx};
+use crate::npy::{is_numpy_path, normalise_numpy, read_numpy};
 use crate::onnx::{is_onnx_path, read_onnx};
 use crate::safetensors::read_safetensors;
 use crate::vocab::{KIND_TASK, KIND_VISUAL_CATEGORY};
@@ -93,10 +94,11 @@ fn store_err(
     }
 }
 
-/// A parsed model file of either format.
+/// A parsed model file of any format.
 enum Raw {
     Safetensors(crate::safetensors::RawModel),
     Onnx(crate::onnx::OnnxModel),
+    Numpy(crate::npy::NumpyModel),
 }
 
 /// Reads, normalises and stages one model (needs only `&StoreWriter`).
@@ -107,15 +109,19 @@ fn prepare(
     overrides: &ModelOverrides,
     opts: &IngestOptions,
 ) -> Result<Prepared> {
-    // The reader is picked by extension: `.onnx` -> ONNX, anything else -> safetensors.
+    // The reader is picked by extension: `.onnx` -> ONNX, `.npz` / `.npy` -> NumPy,
+    // anything else -> safetensors.
     let raw = if is_onnx_path(path) {
         Raw::Onnx(read_onnx(path)?)
+    } else if is_numpy_path(path) {
+        Raw::Numpy(read_numpy(path)?)
     } else {
         Raw::Safetensors(read_safetensors(path)?)
     };
     let sha256 = match &raw {
         Raw::Onnx(m) => m.sha256.as_str(),
         Raw::Safetensors(r) => r.sha256(),
+        Raw::Numpy(m) => m.sha256(),
     };
     let snap = writer.snapshot();
     if let Some(e) = snap.find_by_sha256(sha256) {
@@ -129,6 +135,7 @@ fn prepare(
     let input = match &raw {
         Raw::Onnx(m) => normalise_onnx(m, card.as_ref(), overrides, &vocab)?,
         Raw::Safetensors(r) => normalise(r, card.as_ref(), overrides, &vocab)?,
+        Raw::Numpy(m) => normalise_numpy(m, card.as_ref(), overrides, &vocab)?,
     };
     check_name(snap, path, &input.meta.name, opts)?;
     let staged = writer

@@ -41,11 +41,14 @@
 //! ```
 
 pub mod card;
+pub mod cnnfilterdb;
 pub mod error;
+pub mod hdf5;
 pub mod ingest;
 pub mod manifest;
 pub mod natural_sort;
 pub mod normalise;
+pub mod npy;
 pub mod onnx;
 pub mod safetensors;
 pub mod synth;
@@ -56,7 +59,12 @@ pub use filterdb_store::{
 };
 
 pub use card::{LayerCard, ModelCard, ModelOverrides, parse_card, read_card};
+pub use cnnfilterdb::{
+    FailedModel, ImportOptions, ImportProgress, ImportReport, ImportedModel, NoImportProgress,
+    SkippedModel, import_cnnfilterdb,
+};
 pub use error::{IngestError, Result, error_chain};
+pub use hdf5::{MetaTable, MetaValue, ReleaseFile, read_meta_file};
 pub use ingest::{
     BulkReport, CommittedRow, FailedRow, IngestOptions, IngestOutcome, NoProgress, Progress,
     SkippedRow, ingest_manifest, ingest_one, vocab_extra,
@@ -64,6 +72,7 @@ pub use ingest::{
 pub use manifest::{Manifest, ManifestRow, RowError, read_manifest};
 pub use natural_sort::{natural_cmp, natural_sort};
 pub use normalise::{VocabExtra, normalise, normalise_onnx};
+pub use npy::{NumpyModel, is_numpy_path, normalise_numpy, read_npy, read_npz, read_numpy};
 pub use onnx::{OnnxConv, OnnxModel, read_onnx};
 pub use safetensors::{RawModel, RawTensor, read_safetensors};
 pub use synth::{GenModel, GenOptions, GenSummary, GenTensor, generate_model, generate_zoo};

@@ -4,7 +4,14 @@ Builds stores with the `filterdb` binary ($FILTERDB_BIN, default
 ${CARGO_TARGET_DIR:-target}/debug/filterdb):
 
   synthetic-f16, synthetic-f32   `filterdb gen` zoo, ingested with --manifest
-  real-f16, real-f32             the real trained CNNs of fetch_models.py
+  real-TAG-f16, real-TAG-f32     the real trained CNNs of one pinned wheel of fetch_models.py
+                                 (TAG: rapidocr = paddle2onnx exports, Constant-node
+                                 weights; nudenet = a PyTorch export, initializers), from
+                                 their safetensors conversion plus card
+  onnx-TAG-f32                   the same wheel's .onnx files ingested directly with
+                                 filterdb's ONNX reader
+  npz-TAG-f32                    the same arrays as .npz archives (numpy.savez_compressed)
+                                 with the same cards, through filterdb's NumPy reader
 
 then, for each store, runs every SQL function through `filterdb sql --format json` and
 compares with reference.py computed from the SAME stored values (the store's Parquet files
@@ -553,11 +560,16 @@ class Checker:
             if w is None:
                 bad_depth.append(f"{mname}/{L['layer_name']}: not in the source graph")
                 continue
+            if layer_shape(L) != w["shape"]:
+                bad_depth.append(f"{mname}/{L['layer_name']}: shape got {layer_shape(L)} expected {w['shape']}")
             if L["conv_depth"] != w["conv_depth"] or L["groups"] != w["groups"]:
                 bad_depth.append(f"{mname}/{L['layer_name']}: conv_depth,groups got {L['conv_depth']},{L['groups']} expected {w['conv_depth']},{w['groups']}")
             if not math.isclose(L["conv_depth_norm"], w["conv_depth_norm"], abs_tol=1e-12):
                 bad_norm.append(f"{mname}/{L['layer_name']}: got {L['conv_depth_norm']!r} expected {w['conv_depth']}/({fixture_levels(fixture, mname)}-1) = {w['conv_depth_norm']!r}")
-        self.add("layers.conv_depth, groups (ONNX graph rule, via card)", not bad_depth and len(d.layers) == len(want), "; ".join(bad_depth[:3]), len(d.layers))
+        self.add("layers: shapes, conv_depth, groups (ONNX graph rule, via card)", not bad_depth and len(d.layers) == len(want),
+                 "; ".join(bad_depth[:3]) or f"{len(d.layers)} 3x3 layers", len(d.layers))
+        bad_counts = model_count_errors(d, fixture)
+        self.add("models: conv tensors, 3x3 layers, filters per kernel shape", not bad_counts, "; ".join(bad_counts[:3]), len(d.models))
         self.add("layers.conv_depth_norm (paper: conv_depth / (conv levels - 1))", not bad_norm,
                  f"{len(bad_norm)} layers differ, e.g. " + "; ".join(bad_norm[:2]) if bad_norm else "", len(d.layers))
 
@@ -573,6 +585,42 @@ class Checker:
             except Exception as e:  # a crash in one step is a failure, the others still run
                 self.add(getattr(step, "__name__", "step"), False, f"{type(e).__name__}: {e}")
             print(f"[{self.label}] {getattr(step, '__name__', 'step')} {time.time() - t0:.1f} s", flush=True)
+
+
+def layer_shape(L):
+    """A stored layer's weight shape, [out, in per group, kh, kw]."""
+    return [L["out_channels"], L["in_channels"], L["kernel_h"], L["kernel_w"]]
+
+
+def model_count_errors(d, fixture, graph=False):
+    """Per model: conv tensors, 3x3 layers and filters, and the filters per kernel shape
+    against the Python reading of the graph with `onnx` (fetch_models.py); with `graph`,
+    also the depth (number of graph levels)."""
+    bad = []
+    by_name = {m["name"]: m for m in fixture["models"]}
+    stored = {m["name"] for m in d.models.values()}
+    if stored != set(by_name):
+        bad.append(f"models got {sorted(stored)} expected {sorted(by_name)}")
+    for mid, m in d.models.items():
+        f = by_name.get(m["name"])
+        if f is None:
+            continue
+        want_shapes: dict[str, int] = {}
+        for L in f["layers"]:
+            key = f"({L['shape'][2]}, {L['shape'][3]})"
+            want_shapes[key] = want_shapes.get(key, 0) + L["shape"][0] * L["shape"][1]
+        l3 = [L for L in f["layers"] if L["shape"][2:] == [3, 3]]
+        want = {"conv_tensors": len(f["layers"]), "n_layers": len(l3),
+                "n_filters": sum(L["shape"][0] * L["shape"][1] for L in l3),
+                "kernel_shapes": want_shapes}
+        got = {"conv_tensors": m["conv_tensors"], "n_layers": m["n_layers"], "n_filters": m["n_filters"],
+               "kernel_shapes": json.loads(m["kernel_shapes"])}
+        if graph:
+            want["depth"], got["depth"] = f["depth"], m["depth"]
+        for k in want:
+            if got[k] != want[k]:
+                bad.append(f"{m['name']}: {k} got {got[k]} expected {want[k]}")
+    return bad
 
 
 def fixture_levels(fixture, name):
@@ -602,11 +650,11 @@ def synthetic_sources(zoo: Path) -> dict:
     return out
 
 
-def check_onnx_ingest(fdb, res, work: Path, fdir: Path, fixture: dict, safetensors_store: Path):
-    """The real .onnx files ingested directly (filterdb's own ONNX reader): graph depths
-    against fetch_models.py's oracle, and every weight bit-equal to the store built from
-    the safetensors conversion of the same models."""
-    label = "real-onnx-f32"
+def check_onnx_ingest(fdb, res, label: str, work: Path, fdir: Path, fixture: dict, safetensors_store: Path):
+    """The real .onnx files ingested directly (filterdb's own ONNX reader): layer counts,
+    shapes, graph depths, producer and weight source against fetch_models.py's oracle (the
+    `onnx` package), and every weight bit-equal to the store built from the safetensors
+    conversion of the same models."""
     manifest = fdir / "onnx-manifest.csv"
     with open(manifest, "w") as f:
         f.write("path,name,task,visual_category,architecture\n")
@@ -633,11 +681,32 @@ def check_onnx_ingest(fdb, res, work: Path, fdir: Path, fixture: dict, safetenso
                 L["conv_depth_norm"], w["conv_depth_norm"], abs_tol=1e-12):
             bad.append(f"{mname}/{L['layer_name']}: got {L['conv_depth']},{L['conv_depth_norm']},{L['groups']} "
                        f"expected {w['conv_depth']},{w['conv_depth_norm']},{w['groups']}")
-    res.add(label, "layers: graph-rule conv_depth, conv_depth_norm, groups", not bad and len(got.layers) == len(want),
-            "; ".join(bad[:3]), len(got.layers))
-    depth_ok = all(got.models[mid]["depth"] == next(m["depth"] for m in fixture["models"] if m["name"] == got.models[mid]["name"])
-                   for mid in got.models)
-    res.add(label, "models.depth = number of graph levels", depth_ok, "", len(got.models))
+        elif layer_shape(L) != w["shape"]:
+            bad.append(f"{mname}/{L['layer_name']}: shape got {layer_shape(L)} expected {w['shape']}")
+    res.add(label, "layers: shapes, graph-rule conv_depth, conv_depth_norm, groups", not bad and len(got.layers) == len(want),
+            "; ".join(bad[:3]) or f"{len(got.layers)} 3x3 layers", len(got.layers))
+    bad_counts = model_count_errors(got, fixture, graph=True)
+    res.add(label, "models: conv tensors, 3x3 layers, filters per kernel shape, depth = graph levels", not bad_counts,
+            "; ".join(bad_counts[:3]), len(got.models))
+    bad_meta = []
+    by_name = {m["name"]: m for m in fixture["models"]}
+    for m in got.models.values():
+        f = by_name.get(m["name"])
+        if f is None:
+            continue
+        extra = json.loads(m["extra"])
+        if m["source_format"] != "onnx" or extra.get("producer") != f["producer"]:
+            bad_meta.append(f"{m['name']}: source_format {m['source_format']!r}, producer {extra.get('producer')!r} expected {f['producer']!r}")
+        if json.loads(extra.get("opset", "{}")) != f["opsets"] or json.loads(extra.get("operator_counts", "{}")) != f["op_counts"]:
+            bad_meta.append(f"{m['name']}: opsets or operator counts differ from the onnx package's")
+        sources = {c["weight"]: c["weight_source"] for c in json.loads(extra.get("onnx_convs", "[]"))}
+        want_src = {L["onnx_name"]: L["weight_source"] for L in f["layers"]}
+        if sources != want_src:
+            diff = sorted(k for k in set(sources) | set(want_src) if sources.get(k) != want_src.get(k))
+            bad_meta.append(f"{m['name']}: weight sources differ for {diff[:3]}")
+    exporters = ", ".join(sorted({f"{f['producer'] or '(none)'} / {L['weight_source']}s" for f in fixture["models"] for L in f["layers"]}))
+    res.add(label, "models: producer, opsets, operator counts, weight source", not bad_meta,
+            "; ".join(bad_meta[:3]) or exporters, len(got.models))
 
     def weights_by_layer(d):
         out = {}
@@ -651,6 +720,43 @@ def check_onnx_ingest(fdb, res, work: Path, fdir: Path, fixture: dict, safetenso
     same = a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     res.add(label, "weights bit-equal to the safetensors-built store", same,
             "" if same else f"layers {sorted(set(a) ^ set(b))[:3]} or values differ", len(got.filter_id))
+
+
+def check_npz_ingest(fdb, res, label: str, work: Path, fdir: Path, fixture: dict, safetensors_store: Path):
+    """The safetensors conversion's arrays saved as .npz (fetch_models.py), ingested with
+    the same cards: layers (names, depths, groups, shapes) and every weight bit-equal to the
+    store built from the safetensors files, and each model row naming its .npz file."""
+    store = work / f"store-{label}"
+    try:
+        if not (store / "filterdb.json").exists():
+            build_store(fdb, store, "f32", fdir / "npz-manifest.csv")
+    except SqlError as e:
+        res.add(label, "build store from .npz", False, str(e))
+        return
+    res.add(label, "build store from .npz", True, str(fdir / "npz-manifest.csv"))
+    got, ref_store = StoreData(store), StoreData(safetensors_store)
+    keys = ("layer_name", "conv_depth", "conv_depth_norm", "depth_rule", "groups", "out_channels", "in_channels",
+            "kernel_h", "kernel_w", "n_filters", "source_dtype")
+
+    def layer_rows(d):
+        return sorted((d.models[L["model_id"]]["name"], L["layer_idx"], *(L[k] for k in keys)) for L in d.layers)
+    a, b = layer_rows(got), layer_rows(ref_store)
+    res.add(label, "layers equal to the safetensors-built store", a == b,
+            "" if a == b else f"first difference {next((x, y) for x, y in zip(a, b) if x != y) if len(a) == len(b) else (len(a), len(b))}",
+            len(a))
+
+    def weights_by_layer(d):
+        # keyed by names: model ids follow the order in which the parallel ingest staged them
+        return {(d.models[mid]["name"], d.layer_key[(mid, li)]["layer_name"]): d.w_stored[idx].view(np.uint32)
+                for (mid, li), idx in d.groups.items()}
+    wa, wb = weights_by_layer(got), weights_by_layer(ref_store)
+    differ = sorted(k for k in wa.keys() | wb.keys() if k not in wa or k not in wb or not np.array_equal(wa[k], wb[k]))
+    res.add(label, "weights bit-equal to the safetensors-built store", not differ,
+            f"{len(differ)} layers differ, e.g. {differ[:2]}" if differ else "", len(got.filter_id))
+    want = {m["name"]: m["npz_sha256"] for m in fixture["models"]}
+    rows = {m["name"]: (m["source_format"], m["source_sha256"]) for m in got.models.values()}
+    bad = [f"{n}: got {rows.get(n)} expected ('npz', {h[:12]}...)" for n, h in want.items() if rows.get(n) != ("npz", h)]
+    res.add(label, "models: source_format npz, source_sha256 of the .npz file", not bad, "; ".join(bad[:3]), len(rows))
 
 
 def main() -> int:
@@ -682,7 +788,7 @@ def main() -> int:
             fixture = json.loads((fdir / "fixture.json").read_text())
             sources = {m["name"]: (fdir / m["safetensors"], "oihw") for m in fixture["models"]}
             for prec in ("f16", "f32"):
-                jobs.append((f"real-{prec}", prec, fdir / "manifest.csv", sources, fixture))
+                jobs.append((f"real-{spec['tag']}-{prec}", prec, fdir / "manifest.csv", sources, fixture))
 
     for label, prec, manifest, sources, fixture in jobs:
         store = work / f"store-{label}"
@@ -698,12 +804,18 @@ def main() -> int:
         ch.run_all(fixture)
         if label.startswith("synthetic") and hasattr(ch, "sklearn_agrees"):
             print(f"[{label}] sklearn's own PCA signs satisfy the documented rule: {ch.sklearn_agrees}")
-        if label == "real-f32":
+        if fixture is not None and prec == "f32":
             fdir = manifest.parent
+            onnx_label = f"onnx-{fixture['tag']}-f32"
             try:
-                check_onnx_ingest(fdb, res, work, fdir, fixture, store)
+                check_onnx_ingest(fdb, res, onnx_label, work, fdir, fixture, store)
             except Exception as e:  # a crash here is a failure, not an abort
-                res.add("real-onnx-f32", "onnx ingest", False, f"{type(e).__name__}: {e}")
+                res.add(onnx_label, "onnx ingest", False, f"{type(e).__name__}: {e}")
+            npz_label = f"npz-{fixture['tag']}-f32"
+            try:
+                check_npz_ingest(fdb, res, npz_label, work, fdir, fixture, store)
+            except Exception as e:  # a crash here is a failure, not an abort
+                res.add(npz_label, "npz ingest", False, f"{type(e).__name__}: {e}")
 
     print()
     print(res.table())

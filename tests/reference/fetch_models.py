@@ -10,13 +10,19 @@ committed. For every ONNX model in a wheel this script
   input), ``conv_depth`` (index of the node's level among the levels holding a Conv) and
   ``conv_depth_norm = conv_depth / (conv levels - 1)``;
 - writes ``<model>.safetensors`` (OIHW float32; tensor ``conv{k:03d}.{onnx name}`` where k
-  is the Conv's position in graph order, so a natural sort follows the graph), a model
-  card ``<model>.toml`` (task, visual category, per-layer ``groups`` and ``conv_depth``),
-  a ``manifest.csv`` for ``filterdb ingest --manifest`` and ``fixture.json`` (hashes and
-  the graph-rule depths, for check.py).
+  is the Conv's position in graph order, so a natural sort follows the graph), the same
+  arrays as ``<model>.npz`` (``numpy.savez_compressed``, for filterdb's NumPy reader), a
+  model card ``<model>.toml`` (task, visual category, per-layer ``groups`` and
+  ``conv_depth``), ``manifest.csv`` / ``npz-manifest.csv`` for ``filterdb ingest
+  --manifest`` and ``fixture.json`` (hashes and the graph-rule depths, for check.py).
+
+Two exporters are covered, each as its wheel ships it: paddle2onnx (weights in
+``Constant`` nodes; ``rapidocr-onnxruntime``) and PyTorch (weights as graph initializers;
+``nudenet``'s YOLOv8n detector). ``expect`` pins the producer and where the Conv weights
+live, so a wheel that changed exporter stops the script instead of silently testing less.
 
 Idempotent: a fixture whose ``fixture.json`` records the pinned wheel hash and whose
-files still hash the same is left alone. Prints the fixture folder on its last line.
+files still hash the same is left alone. Prints the fixture folders, one per line, last.
 """
 
 from __future__ import annotations
@@ -32,13 +38,17 @@ import zipfile
 from pathlib import Path
 
 #: Pinned wheels: (name, version, wheel file, sha256, models). The hash is of the wheel
-#: file as PyPI serves it; a different hash stops the script.
+#: file as PyPI serves it; a different hash stops the script. ``tag`` names the wheel's
+#: stores in check.py; ``expect`` is what the ONNX files must say of their exporter.
 WHEELS = [
     {
+        "tag": "rapidocr",
         "package": "rapidocr-onnxruntime",
         "version": "1.4.4",
         "wheel": "rapidocr_onnxruntime-1.4.4-py3-none-any.whl",
         "sha256": "971d7d5f223a7a808662229df1ef69893809d8457d834e6373d3854bc1782cbf",
+        # paddle2onnx left producer_name empty in the PP-OCRv4 exports
+        "expect": {"producer": ["PaddlePaddle", ""], "weight_source": "constant"},
         "models": {
             # member of the wheel -> card fields
             "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx": {
@@ -63,10 +73,29 @@ WHEELS = [
                 "visual_category": "Text",
             },
         },
-    }
+    },
+    {
+        # NudeNet's 320n detector: a YOLOv8n (Ultralytics) exported by PyTorch 2.3.1,
+        # opset 17, every Conv weight a graph initializer (64 Convs: 39 3x3, 25 1x1).
+        "tag": "nudenet",
+        "package": "nudenet",
+        "version": "3.4.2",
+        "wheel": "nudenet-3.4.2-py3-none-any.whl",
+        "sha256": "5937dbd84e5d8e5de038f08ffea5a1bb50a08475776bf2b4795914ce0eaf0331",
+        "expect": {"producer": ["pytorch"], "weight_source": "initializer"},
+        "models": {
+            "nudenet/320n.onnx": {
+                "name": "nudenet-320n",
+                "architecture": "YOLOv8n (NudeNet 320n detector)",
+                "task": "Object Detection",
+                "training_dataset": "NudeNet detector data (body-part boxes)",
+                "visual_category": "Natural",
+            },
+        },
+    },
 ]
 
-FIXTURE_VERSION = 1
+FIXTURE_VERSION = 3
 
 
 def cache_dir() -> Path:
@@ -164,11 +193,13 @@ def convert_model(onnx_path: Path, out_dir: Path, card: dict, source: str) -> di
     model = onnx.load(str(onnx_path))
     g = model.graph
     tensors = {i.name: i for i in g.initializer}
+    source_of = {i.name: "initializer" for i in g.initializer}
     for node in g.node:
         if node.op_type == "Constant":
             for a in node.attribute:
                 if a.name == "value":
                     tensors[node.output[0]] = a.t
+                    source_of[node.output[0]] = "constant"
     levels = graph_levels(g)
     convs = []
     for k, node in enumerate(g.node):
@@ -184,8 +215,9 @@ def convert_model(onnx_path: Path, out_dir: Path, card: dict, source: str) -> di
         for a in node.attribute:
             if a.name == "group":
                 groups = int(helper.get_attribute_value(a))
-        convs.append({"node": k, "onnx_name": wname, "w": np.ascontiguousarray(w.astype(np.float32)),
-                      "groups": groups, "level": levels.get(k)})
+        convs.append({"node": k, "node_name": node.name, "onnx_name": wname,
+                      "w": np.ascontiguousarray(w.astype(np.float32)), "groups": groups,
+                      "level": levels.get(k), "weight_source": source_of[wname]})
     conv_levels = sorted({c["level"] for c in convs if c["level"] is not None})
     nlev = len(conv_levels)
     out: dict = {}
@@ -196,13 +228,16 @@ def convert_model(onnx_path: Path, out_dir: Path, card: dict, source: str) -> di
         out[tname] = c["w"]
         depth = conv_levels.index(c["level"]) if c["level"] is not None else None
         layers.append({
-            "tensor": tname, "onnx_name": c["onnx_name"], "shape": list(c["w"].shape),
+            "tensor": tname, "onnx_name": c["onnx_name"], "node_name": c["node_name"],
+            "weight_source": c["weight_source"], "shape": list(c["w"].shape),
             "groups": c["groups"], "graph_level": c["level"], "conv_depth": depth,
             "conv_depth_norm": (0.0 if nlev <= 1 else depth / (nlev - 1)) if depth is not None else None,
         })
     name = card["name"]
     st_path = out_dir / f"{name}.safetensors"
     save_file(out, str(st_path), metadata={"source": source, "format": "oihw float32"})
+    npz_path = out_dir / f"{name}.npz"
+    np.savez_compressed(str(npz_path), **out)
     # The card: meta-parameters plus per-layer groups and graph-rule conv_depth.
     lines = [f'{k} = {json.dumps(v)}' for k, v in card.items()]
     lines += ['layout = "oihw"', f'conv_levels = {nlev}', f'url = {json.dumps(source)}',
@@ -214,13 +249,36 @@ def convert_model(onnx_path: Path, out_dir: Path, card: dict, source: str) -> di
         lines.append(f'\n[layers.{json.dumps(L["tensor"])}]\n' + "\n".join(entry))
     (out_dir / f"{name}.toml").write_text("\n".join(lines) + "\n")
     graph_nodes_with_level = len(levels)
+    op_counts: dict[str, int] = {}
+    for node in g.node:
+        op_counts[node.op_type] = op_counts.get(node.op_type, 0) + 1
     return {
         "name": name, "onnx": onnx_path.name, "producer": model.producer_name,
+        "producer_version": model.producer_version,
         "opset": model.opset_import[0].version if model.opset_import else None,
+        "opsets": {(o.domain or "ai.onnx"): o.version for o in model.opset_import},
+        "op_counts": dict(sorted(op_counts.items())),
         "safetensors": st_path.name, "safetensors_sha256": sha256_file(st_path),
+        "npz": npz_path.name, "npz_sha256": sha256_file(npz_path),
         "card": f"{name}.toml", "card_fields": card, "layers": layers,
         "conv_levels": nlev, "depth": len(set(levels.values())), "nodes_with_level": graph_nodes_with_level,
     }
+
+
+def check_exporter(spec: dict, m: dict) -> None:
+    """Stops the script if a model is not what the pin says: its producer, and where every
+    Conv weight lives (initializer or Constant node)."""
+    want = spec.get("expect") or {}
+    if "producer" in want and m["producer"] not in want["producer"]:
+        sys.exit(f"fetch_models: {m['onnx']} of {spec['wheel']}: producer_name {m['producer']!r}, "
+                 f"expected one of {want['producer']!r}")
+    if "weight_source" in want:
+        other = [L["onnx_name"] for L in m["layers"] if L["weight_source"] != want["weight_source"]]
+        if other:
+            sys.exit(f"fetch_models: {m['onnx']} of {spec['wheel']}: {len(other)} Conv weight(s) are not "
+                     f"{want['weight_source']}s, e.g. {other[:3]}")
+    if not any(L["shape"][2:] == [3, 3] for L in m["layers"]):
+        sys.exit(f"fetch_models: {m['onnx']} of {spec['wheel']}: no 3x3 Conv weights")
 
 
 def build_fixture(spec: dict, cache: Path) -> Path:
@@ -230,7 +288,8 @@ def build_fixture(spec: dict, cache: Path) -> Path:
         try:
             meta = json.loads(meta_path.read_text())
             ok = (meta.get("fixture_version") == FIXTURE_VERSION and meta.get("wheel_sha256") == spec["sha256"]
-                  and all(sha256_file(fdir / m["safetensors"]) == m["safetensors_sha256"] for m in meta["models"]))
+                  and all(sha256_file(fdir / m[k]) == m[f"{k}_sha256"] for m in meta["models"]
+                          for k in ("safetensors", "npz")))
         except (OSError, ValueError, KeyError):
             ok = False
         if ok:
@@ -246,15 +305,19 @@ def build_fixture(spec: dict, cache: Path) -> Path:
             source = f"pypi:{spec['package']}=={spec['version']}:{member}"
             m = convert_model(onnx_path, fdir, dict(card), source)
             m["onnx_sha256"] = sha256_file(onnx_path)
+            check_exporter(spec, m)
             models.append(m)
-            print(f"fetch_models: {m['name']}: {len(m['layers'])} conv tensors, "
-                  f"{sum(1 for L in m['layers'] if L['shape'][2:] == [3, 3])} 3x3, {m['conv_levels']} conv levels")
-    with open(fdir / "manifest.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "card"])
-        for m in models:
-            w.writerow([m["safetensors"], m["card"]])
-    meta = {"fixture_version": FIXTURE_VERSION, "package": spec["package"], "version": spec["version"],
+            print(f"fetch_models: {m['name']}: {m['producer'] or '(no producer_name)'} {m['producer_version']}, opset {m['opset']}, "
+                  f"{len(m['layers'])} conv tensors ({m['layers'][0]['weight_source']}s), "
+                  f"{sum(1 for L in m['layers'] if L['shape'][2:] == [3, 3])} 3x3, {m['conv_levels']} conv levels, "
+                  f"depth {m['depth']}")
+    for manifest, key in (("manifest.csv", "safetensors"), ("npz-manifest.csv", "npz")):
+        with open(fdir / manifest, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "card"])
+            for m in models:
+                w.writerow([m[key], m["card"]])
+    meta = {"fixture_version": FIXTURE_VERSION, "tag": spec["tag"], "package": spec["package"], "version": spec["version"],
             "wheel": spec["wheel"], "wheel_sha256": spec["sha256"], "models": models}
     meta_path.write_text(json.dumps(meta, indent=1))
     return fdir

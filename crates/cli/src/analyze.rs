@@ -175,27 +175,45 @@ async fn collect(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>> {
 
 /// SQL of the three passes of the KL pipeline; also printed by `docs/paper.md`.
 ///
-/// Without `--where`, the basis and range passes read `filters` alone and the histogram
-/// pass joins only the table its grouping needs (`models` or `layers`); with `--where`,
-/// every pass reads `filters_meta`, whose columns the condition may use.
+/// Without `--where`, every pass reads `filters` alone: the histogram pass groups by
+/// `model_id` (by `(model_id, layer_idx)` for `--by depth`), and `coef_histogram_merge`
+/// adds those per-model (per-layer) histograms into the groups after joining `models`
+/// (`layers`) on one row per model (layer), so no per-filter join or string grouping
+/// runs. With `--where`, every pass reads `filters_meta`, whose columns the condition
+/// may use.
 pub fn kl_sql(by: GroupBy, where_clause: &str, bins: u32, uniform: bool) -> [String; 4] {
     let scaled = "peak_scale(weights)";
+    let project = format!("pca_project({scaled}, (SELECT b FROM _basis))");
+    let hist = format!(
+        "coef_histogram({project}, (SELECT r['min'] FROM _range), (SELECT r['max'] FROM _range), {bins})"
+    );
+    let g = by.expr();
     let (all, grouped) = if where_clause.is_empty() {
         let grouped = match by {
-            GroupBy::Depth => {
-                "(SELECT f.model_id, f.weights, l.conv_depth_norm FROM filters f \
-                 JOIN layers l ON f.model_id = l.model_id AND f.layer_idx = l.layer_idx)"
-            }
-            _ => {
-                "(SELECT f.model_id, f.weights, m.task, m.visual_category, m.architecture, m.name \
-                 FROM filters f JOIN models m ON f.model_id = m.model_id)"
-            }
+            GroupBy::Depth => format!(
+                "SELECT {g} AS grp, count(DISTINCT p.model_id) AS models, sum(p.n) AS filters, \
+                 coef_histogram_merge(p.h) AS h \
+                 FROM (SELECT model_id, layer_idx, count(*) AS n, {hist} AS h FROM filters \
+                 GROUP BY model_id, layer_idx) p \
+                 JOIN layers l ON p.model_id = l.model_id AND p.layer_idx = l.layer_idx \
+                 GROUP BY {g}"
+            ),
+            _ => format!(
+                "SELECT {g} AS grp, count(*) AS models, sum(p.n) AS filters, \
+                 coef_histogram_merge(p.h) AS h \
+                 FROM (SELECT model_id, count(*) AS n, {hist} AS h FROM filters GROUP BY model_id) p \
+                 JOIN models m ON p.model_id = m.model_id \
+                 GROUP BY {g}"
+            ),
         };
         ("filters", grouped)
     } else {
-        ("filters_meta", "filters_meta")
+        let grouped = format!(
+            "SELECT {g} AS grp, count(DISTINCT model_id) AS models, count(*) AS filters, \
+             {hist} AS h FROM filters_meta {where_clause} GROUP BY {g}"
+        );
+        ("filters_meta", grouped)
     };
-    let project = format!("pca_project({scaled}, (SELECT b FROM _basis))");
     let weights = if uniform {
         String::new()
     } else {
@@ -208,12 +226,7 @@ pub fn kl_sql(by: GroupBy, where_clause: &str, bins: u32, uniform: bool) -> [Str
         format!(
             "CREATE OR REPLACE TABLE _range AS SELECT coef_range({project}) AS r FROM {all} {where_clause}"
         ),
-        format!(
-            "CREATE OR REPLACE TABLE _hist AS SELECT {g} AS grp, count(DISTINCT model_id) AS models, count(*) AS filters, \
-             coef_histogram({project}, (SELECT r['min'] FROM _range), (SELECT r['max'] FROM _range), {bins}) AS h \
-             FROM {grouped} {where_clause} GROUP BY {g}",
-            g = by.expr()
-        ),
+        format!("CREATE OR REPLACE TABLE _hist AS {grouped}"),
         format!(
             "SELECT a.grp AS a, b.grp AS b, kl_drift(a.h, b.h{weights}) AS d FROM _hist a CROSS JOIN _hist b"
         ),
@@ -381,18 +394,36 @@ fn csv_line(cells: impl Iterator<Item = String>) -> String {
 }
 
 /// SQL of the per-layer degeneration statistics.
+/// SQL of `analyze degeneration`: one pass over the filters grouped by layer. Without
+/// `--where` it reads `filters` alone (grouped by the two integer ids) and joins the
+/// layer's and model's names onto the per-layer rows; with `--where` it reads
+/// `filters_meta`.
 pub fn degeneration_sql(where_clause: &str, ratio: f64) -> String {
-    format!(
-        "SELECT model_id, name, layer_idx, layer_name, conv_depth_norm, count(*) AS n_filters, \
+    let aggregates = format!(
+        "count(*) AS n_filters, \
          layer_sparsity(weights, {ratio}) AS sparsity, \
          variance_entropy(weights) AS entropy, \
          variance_entropy_norm(weights) AS entropy_norm, \
          variance_entropy_clean_norm(weights, {ratio}) AS entropy_clean_norm, \
-         orthogonality(weights, out_channel, in_channel) AS orthogonality \
-         FROM filters_meta {where_clause} \
-         GROUP BY model_id, name, layer_idx, layer_name, conv_depth_norm \
-         ORDER BY model_id, layer_idx"
-    )
+         orthogonality(weights, out_channel, in_channel) AS orthogonality"
+    );
+    if where_clause.is_empty() {
+        format!(
+            "SELECT p.model_id, m.name, p.layer_idx, l.layer_name, l.conv_depth_norm, \
+             p.n_filters, p.sparsity, p.entropy, p.entropy_norm, p.entropy_clean_norm, p.orthogonality \
+             FROM (SELECT model_id, layer_idx, {aggregates} FROM filters GROUP BY model_id, layer_idx) p \
+             JOIN layers l ON p.model_id = l.model_id AND p.layer_idx = l.layer_idx \
+             JOIN models m ON p.model_id = m.model_id \
+             ORDER BY p.model_id, p.layer_idx"
+        )
+    } else {
+        format!(
+            "SELECT model_id, name, layer_idx, layer_name, conv_depth_norm, {aggregates} \
+             FROM filters_meta {where_clause} \
+             GROUP BY model_id, name, layer_idx, layer_name, conv_depth_norm \
+             ORDER BY model_id, layer_idx"
+        )
+    }
 }
 
 fn degeneration(a: DegenerationArgs) -> Result<ExitCode> {

@@ -11,6 +11,7 @@
 
 mod error;
 pub mod export;
+pub mod scan;
 mod session;
 mod tables;
 

@@ -69,9 +69,17 @@ pub fn new_session(opts: &SessionOptions) -> Result<SessionContext> {
     }
     // Parquet: evaluate filters while decoding so selective queries skip rows, not just row groups.
     config.options_mut().execution.parquet.pushdown_filters = true;
+    // filter_columns declares range partitioning on model_id (crate::scan): let it satisfy
+    // GROUP BY model_id, layer_idx (a subset key) at any partition count, so per-layer
+    // aggregates run in one sorted, streaming stage.
+    config.options_mut().optimizer.subset_repartition_threshold = 1;
     let mut runtime = RuntimeEnvBuilder::new();
     if let Some(limit) = opts.memory_limit {
         runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
+        // Sorts reserve this much up front for merging their spills (10 MiB by default),
+        // which alone would exceed a small limit.
+        let reserve = &mut config.options_mut().execution.sort_spill_reservation_bytes;
+        *reserve = (*reserve).min(limit / 8);
     }
     let mut ctx = SessionContext::new_with_config_rt(config, runtime.build_arc()?);
     filterdb_udf::register_all(&mut ctx)?;

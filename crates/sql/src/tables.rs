@@ -15,6 +15,7 @@ use filterdb_store::{
 };
 
 use crate::error::Result;
+use crate::scan::FilterColumnsTable;
 
 /// Names of the tables and views [`register_store`] creates.
 pub const TABLE_NAMES: [&str; 5] = [
@@ -86,14 +87,14 @@ pub async fn register_store(
         "layers",
         listing(store, pick(|m| &m.files.layers), layers_schema())?,
     )?;
-    ctx.register_table(
-        "filter_columns",
-        listing(
-            store,
-            pick(|m| &m.files.filters),
-            filters_schema(snapshot.precision),
-        )?,
-    )?;
+    // The filter files get filterdb's own scan (crate::scan): fast weight pages, file
+    // pruning by model_id from the log, exact row counts.
+    let filter_columns: Arc<dyn TableProvider> = if snapshot.models.is_empty() {
+        Arc::new(EmptyTable::new(filters_schema(snapshot.precision)))
+    } else {
+        Arc::new(FilterColumnsTable::new(store, snapshot))
+    };
+    ctx.register_table("filter_columns", filter_columns)?;
     ctx.sql(&filters_view_sql()).await?;
     ctx.sql(FILTERS_META_VIEW).await?;
     Ok(())

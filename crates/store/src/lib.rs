@@ -264,9 +264,19 @@ pub struct StagedModel {
     entry: ModelEntry,
     /// Validation report lines (the normaliser's plus the store's own checks).
     pub report: Vec<String>,
+    /// Appended to the commit's `detail` in the log (e.g. label fixes an import applied).
+    note: Option<String>,
 }
 
 impl StagedModel {
+    /// Record `note` in the history: [`StoreWriter::commit`] appends it to the version's
+    /// `detail` (shown by `filterdb info --history`).
+    #[must_use]
+    pub fn with_note(mut self, note: impl Into<String>) -> StagedModel {
+        self.note = Some(note.into());
+        self
+    }
+
     /// The model id this model will get.
     pub fn model_id(&self) -> i64 {
         self.entry.model_id
@@ -375,6 +385,7 @@ impl StoreWriter {
         let rel = |table: &str| format!("{table}/model-{model_id}/{uuid}.parquet");
         Ok(StagedModel {
             dir,
+            note: None,
             report: written.report,
             entry: ModelEntry {
                 model_id,
@@ -442,7 +453,11 @@ impl StoreWriter {
             fs::rename(&src, &dest).ctx("moving staged file to", &dest)?;
             log::sync_dir(&parent)?;
         }
-        let detail = format!("{} (model_id {})", staged.entry.name, staged.entry.model_id);
+        let mut detail = format!("{} (model_id {})", staged.entry.name, staged.entry.model_id);
+        if let Some(note) = &staged.note {
+            detail.push_str("; ");
+            detail.push_str(note);
+        }
         actions.push(Action::AddModel(staged.entry.clone()));
         let ids = *self
             .ids

@@ -3,6 +3,7 @@
 //! with the paper's sign convention, and the Arrow shapes of the `pca_fit` basis and of
 //! `coef_histogram` values.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -11,7 +12,7 @@ use arrow::array::{
 use arrow::buffer::{NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{DataType, Field, Fields, Float16Type, Float32Type, Float64Type};
 use datafusion::common::{Result, exec_err, plan_err};
-use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 /// float32 machine epsilon: the density the paper's rule gives empty histogram bins.
 pub const EPS32: f64 = f32::EPSILON as f64;
@@ -49,16 +50,17 @@ pub fn coerce_weights(func: &str, t: &DataType) -> Result<DataType> {
     }
 }
 
-/// The float values of a weights column.
-#[derive(Debug, Clone, Copy)]
+/// The float values of a weights column: float16 is widened to float32 once per batch
+/// (F16C, 8 values per instruction, through `half`'s slice conversion) so that the row
+/// loops of every kernel read f32 or f64 only.
+#[derive(Debug, Clone)]
 enum Values<'a> {
-    F16(&'a [f16]),
-    F32(&'a [f32]),
+    F32(Cow<'a, [f32]>),
     F64(&'a [f64]),
 }
 
 /// Read access to a `FixedSizeList<Float16|Float32|Float64, 9>` array, row by row as `[f64; 9]`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Filters<'a> {
     values: Values<'a>,
     list: &'a FixedSizeListArray,
@@ -84,8 +86,15 @@ impl<'a> Filters<'a> {
         }
         let v = list.values();
         let values = match v.data_type() {
-            DataType::Float16 => Values::F16(v.as_primitive::<Float16Type>().values()),
-            DataType::Float32 => Values::F32(v.as_primitive::<Float32Type>().values()),
+            DataType::Float16 => {
+                let src = v.as_primitive::<Float16Type>().values();
+                let mut wide = vec![0f32; src.len()];
+                src.convert_to_f32_slice(&mut wide);
+                Values::F32(Cow::Owned(wide))
+            }
+            DataType::Float32 => {
+                Values::F32(Cow::Borrowed(v.as_primitive::<Float32Type>().values()))
+            }
             DataType::Float64 => Values::F64(v.as_primitive::<Float64Type>().values()),
             other => return exec_err!("{func}: expected float weights, got {other}"),
         };
@@ -119,12 +128,7 @@ impl<'a> Filters<'a> {
     pub fn get(&self, i: usize) -> [f64; 9] {
         let o = self.list.value_offset(i) as usize;
         let mut out = [0f64; 9];
-        match self.values {
-            Values::F16(v) => {
-                for (d, s) in out.iter_mut().zip(&v[o..o + 9]) {
-                    *d = f64::from(s.to_f32());
-                }
-            }
+        match &self.values {
             Values::F32(v) => {
                 for (d, s) in out.iter_mut().zip(&v[o..o + 9]) {
                     *d = f64::from(*s);
@@ -133,6 +137,37 @@ impl<'a> Filters<'a> {
             Values::F64(v) => out.copy_from_slice(&v[o..o + 9]),
         }
         out
+    }
+
+    /// The rows as one flat f32 slice (`9 * len()` values) when the input is float16
+    /// (widened once) or float32; `None` for float64 input.
+    pub fn flat_f32(&self) -> Option<&[f32]> {
+        match &self.values {
+            Values::F32(v) => {
+                let start = if self.is_empty() {
+                    0
+                } else {
+                    self.list.value_offset(0) as usize
+                };
+                Some(&v[start..start + 9 * self.len()])
+            }
+            Values::F64(_) => None,
+        }
+    }
+
+    /// The rows as one flat f64 slice, `9 * len()` values (row `i` at `9 i`; NULL rows
+    /// hold whatever their slots hold): borrowed for float64 input, widened once otherwise.
+    pub fn flat_f64(&self) -> Cow<'_, [f64]> {
+        let start = if self.is_empty() {
+            0
+        } else {
+            self.list.value_offset(0) as usize
+        };
+        let end = start + 9 * self.len();
+        match &self.values {
+            Values::F64(v) => Cow::Borrowed(&v[start..end]),
+            Values::F32(v) => Cow::Owned(v[start..end].iter().map(|&x| f64::from(x)).collect()),
+        }
     }
 }
 
@@ -150,6 +185,56 @@ pub fn fsl_f64(n: i32, values: Vec<f64>, nulls: Option<NullBuffer>) -> Result<Fi
 #[inline]
 pub const fn tri(i: usize, j: usize) -> usize {
     i * 9 - i * (i + 1) / 2 + j
+}
+
+/// `C = A B` for row-major `A` (`m x k`) and `B` (`k x n`) given by their strides, into
+/// row-major `c` (`m x n`): `matrixmultiply`'s dgemm, which picks its AVX2/FMA or
+/// AVX-512 kernel at run time (nalgebra already depends on it), so batch products of
+/// 9-vectors run at SIMD speed in a build without `target-cpu`.
+///
+/// # Panics
+/// If a slice is too short for its dimensions and strides.
+pub fn gemm_f64(
+    (m, k, n): (usize, usize, usize),
+    a: (&[f64], usize, usize),
+    b: (&[f64], usize, usize),
+    c: &mut [f64],
+) {
+    let last = |rows: usize, cols: usize, rs: usize, cs: usize| {
+        if rows == 0 || cols == 0 {
+            0
+        } else {
+            (rows - 1) * rs + (cols - 1) * cs + 1
+        }
+    };
+    assert!(a.0.len() >= last(m, k, a.1, a.2), "gemm: A too short");
+    assert!(b.0.len() >= last(k, n, b.1, b.2), "gemm: B too short");
+    assert!(c.len() >= m * n, "gemm: C too short");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let s = |x: usize| isize::try_from(x).expect("stride fits isize");
+    // SAFETY: the asserts above keep every element dgemm reads within `a` and `b` and
+    // every element it writes within `c` (row-major, row stride n, column stride 1, no
+    // aliasing); beta = 0 means `c` is only written.
+    unsafe {
+        matrixmultiply::dgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.0.as_ptr(),
+            s(a.1),
+            s(a.2),
+            b.0.as_ptr(),
+            s(b.1),
+            s(b.2),
+            0.0,
+            c.as_mut_ptr(),
+            s(n),
+            1,
+        );
+    }
 }
 
 /// Count, sums and sums of products of 9-vectors (f64): enough for a mean and covariance.
@@ -187,6 +272,30 @@ impl Moments {
             for j in i..9 {
                 self.s2[k] += x[i] * x[j];
                 k += 1;
+            }
+        }
+    }
+
+    /// Add `rows.len() / 9` vectors stored row after row: the sums of products come from
+    /// one `X^T X` product ([`gemm_f64`]) instead of 45 scalar updates per vector.
+    pub fn add_rows(&mut self, rows: &[f64]) {
+        let k = rows.len() / 9;
+        if k == 0 {
+            return;
+        }
+        let rows = &rows[..k * 9];
+        let mut g = [0f64; 81];
+        // A = X^T (9 x k: element (i, p) = rows[9 p + i]), B = X (k x 9).
+        gemm_f64((9, k, 9), (rows, 1, 9), (rows, 9, 1), &mut g);
+        self.n += k as u64;
+        for r in rows.chunks_exact(9) {
+            for (s, v) in self.s1.iter_mut().zip(r) {
+                *s += v;
+            }
+        }
+        for i in 0..9 {
+            for j in i..9 {
+                self.s2[tri(i, j)] += g[i * 9 + j];
             }
         }
     }
@@ -236,6 +345,126 @@ impl Moments {
     /// Eigenvalues of the covariance, descending, clipped at 0.
     pub fn variances(&self) -> [f64; 9] {
         sym_eigen_desc(&self.covariance()).0
+    }
+}
+
+/// The grid of [`ExactMoments`]: sums are kept as integer multiples of 2^-64.
+const FIXED_SCALE: f64 = 18_446_744_073_709_551_616.0;
+
+/// Largest |value| kept on the grid (2^125 / 2^64), leaving headroom for additions.
+const FIXED_LIMIT: f64 = 4.253_529_586_511_731e37;
+
+/// [`Moments`] whose sums add up the same in any order.
+///
+/// f64 addition is not associative, so sums accumulated row by row would depend on how
+/// the rows are split between partitions and in which order the partial states merge
+/// (a basis differing in its last bits moves filters that sit on a histogram bin edge,
+/// and the KL values with them). Here each batch is summed in f64 (deterministic for
+/// the batch's rows), then every sum is rounded once onto the fixed grid 2^-64 and
+/// added as an `i128`: integer addition is exact, so the result does not depend on the
+/// order of batches or partial states — with 1 or many partitions the basis is the same
+/// as long as the batches hold the same rows (the store's scans cut batches at fixed
+/// row positions of each file). Rounding adds at most 2^-65 per sum and batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExactMoments {
+    /// Number of vectors.
+    pub n: u64,
+    /// Sum of the vectors, in units of 2^-64.
+    pub s1: [i128; 9],
+    /// Upper triangle of the sum of outer products, in units of 2^-64.
+    pub s2: [i128; 45],
+    /// A NaN or infinite value was added: the moments are NaN.
+    pub non_finite: bool,
+}
+
+impl Default for ExactMoments {
+    fn default() -> Self {
+        ExactMoments {
+            n: 0,
+            s1: [0; 9],
+            s2: [0; 45],
+            non_finite: false,
+        }
+    }
+}
+
+/// `x` on the grid, `None` when it is not finite; an error when it is too large.
+fn to_fixed(x: f64) -> std::result::Result<Option<i128>, f64> {
+    if !x.is_finite() {
+        return Ok(None);
+    }
+    let y = x * FIXED_SCALE;
+    if y.abs() >= FIXED_LIMIT {
+        return Err(x);
+    }
+    Ok(Some(y as i128))
+}
+
+impl ExactMoments {
+    /// Add a batch's f64 moments.
+    ///
+    /// # Errors
+    /// An execution error naming `func` when a sum exceeds the grid's range (|sum| of
+    /// about 2^61: weights or counts far beyond any trained network's).
+    pub fn absorb(&mut self, func: &str, m: &Moments) -> Result<()> {
+        self.n += m.n;
+        let pairs = self
+            .s1
+            .iter_mut()
+            .zip(&m.s1)
+            .chain(self.s2.iter_mut().zip(&m.s2));
+        for (acc, &v) in pairs {
+            match to_fixed(v) {
+                Ok(Some(q)) => match acc.checked_add(q) {
+                    Some(t) => *acc = t,
+                    None => return exec_err!("{func}: sums overflow the exact accumulator"),
+                },
+                Ok(None) => self.non_finite = true,
+                Err(x) => {
+                    return exec_err!(
+                        "{func}: a partial sum of {x:e} exceeds the exact accumulator's range (2^61)"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Add another exact partial result.
+    ///
+    /// # Errors
+    /// An execution error naming `func` on overflow.
+    pub fn merge(&mut self, func: &str, o: &ExactMoments) -> Result<()> {
+        self.n += o.n;
+        self.non_finite |= o.non_finite;
+        let pairs = self
+            .s1
+            .iter_mut()
+            .zip(&o.s1)
+            .chain(self.s2.iter_mut().zip(&o.s2));
+        for (acc, &v) in pairs {
+            match acc.checked_add(v) {
+                Some(t) => *acc = t,
+                None => return exec_err!("{func}: sums overflow the exact accumulator"),
+            }
+        }
+        Ok(())
+    }
+
+    /// The sums as f64 (each rounded once); NaN sums when a non-finite value was added.
+    pub fn to_moments(&self) -> Moments {
+        let f = |q: i128| {
+            if self.non_finite {
+                f64::NAN
+            } else {
+                q as f64 / FIXED_SCALE
+            }
+        };
+        Moments {
+            n: self.n,
+            s1: self.s1.map(f),
+            s2: self.s2.map(f),
+        }
     }
 }
 
@@ -344,6 +573,20 @@ impl Basis {
             c[k] = comp.iter().zip(&d).map(|(a, b)| a * b).sum();
         }
         c
+    }
+
+    /// Coefficients of many filters at once: `rows` (row-major, 9 per filter) is centred
+    /// in place (`x - mean`), then `out = rows . components^T` in one [`gemm_f64`].
+    pub fn project_rows(&self, rows: &mut [f64], out: &mut [f64]) {
+        let k = rows.len() / 9;
+        for r in rows.chunks_exact_mut(9) {
+            for (v, m) in r.iter_mut().zip(&self.mean) {
+                *v -= m;
+            }
+        }
+        let comps = self.components.as_flattened();
+        // B = components^T: element (j, c) = comps[9 c + j].
+        gemm_f64((k, 9, 9), (rows, 9, 1), (comps, 1, 9), out);
     }
 
     /// The struct fields of a basis value.
@@ -463,6 +706,60 @@ impl Basis {
     }
 }
 
+/// numpy's uniform-bin lookup for one `(lo, hi, bins)`, with its two quotients computed
+/// once (a row of 9 coefficients would otherwise pay 18 divisions).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Binner {
+    lo: f64,
+    hi: f64,
+    bins: usize,
+    /// `bins / (hi - lo)`, numpy's `norm`.
+    norm: f64,
+    /// `(hi - lo) / bins`, the step of numpy's `linspace` edges.
+    step: f64,
+}
+
+impl Binner {
+    /// The lookup for `bins` bins over `[lo, hi]`.
+    pub fn new(lo: f64, hi: f64, bins: usize) -> Binner {
+        Binner {
+            lo,
+            hi,
+            bins,
+            norm: bins as f64 / (hi - lo),
+            step: (hi - lo) / bins as f64,
+        }
+    }
+
+    /// The bin of `x` with numpy's semantics (`np.histogram` with uniform bins):
+    /// `None` outside `[lo, hi]`; `hi` falls into the last bin.
+    #[inline]
+    pub fn bin_of(&self, x: f64) -> Option<usize> {
+        if !(x >= self.lo && x <= self.hi) {
+            return None;
+        }
+        let bins = self.bins;
+        let mut i = ((x - self.lo) * self.norm) as usize;
+        if i >= bins {
+            i = bins - 1;
+        }
+        // numpy corrects the computed index against the linspace edges.
+        let edge = |k: usize| {
+            if k == bins {
+                self.hi
+            } else {
+                self.lo + k as f64 * self.step
+            }
+        };
+        if x < edge(i) {
+            i = i.saturating_sub(1);
+        } else if i + 1 < bins && x >= edge(i + 1) {
+            i += 1;
+        }
+        Some(i)
+    }
+}
+
 /// A `coef_histogram` value: per coefficient, `bins` counts over `[lo, hi]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Histogram {
@@ -496,29 +793,7 @@ impl Histogram {
     /// `None` outside `[lo, hi]`; `hi` falls into the last bin.
     #[inline]
     pub fn bin_of(&self, x: f64) -> Option<usize> {
-        if !(x >= self.lo && x <= self.hi) {
-            return None;
-        }
-        let bins = self.bins;
-        let norm = bins as f64 / (self.hi - self.lo);
-        let mut i = ((x - self.lo) * norm) as usize;
-        if i >= bins {
-            i = bins - 1;
-        }
-        // numpy corrects the computed index against the linspace edges.
-        let edge = |k: usize| {
-            if k == bins {
-                self.hi
-            } else {
-                self.lo + k as f64 * ((self.hi - self.lo) / bins as f64)
-            }
-        };
-        if x < edge(i) {
-            i = i.saturating_sub(1);
-        } else if i + 1 < bins && x >= edge(i + 1) {
-            i += 1;
-        }
-        Some(i)
+        Binner::new(self.lo, self.hi, self.bins).bin_of(x)
     }
 
     /// Probabilities of coefficient `c` by the paper's rule: density

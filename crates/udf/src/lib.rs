@@ -42,6 +42,7 @@ pub fn all_aggregate() -> Vec<Arc<AggregateUDF>> {
     vec![
         aggregate::pca_fit::pca_fit_udaf(),
         aggregate::coef_histogram::coef_histogram_udaf(),
+        aggregate::coef_histogram_merge::coef_histogram_merge_udaf(),
         aggregate::coef_range::coef_range_udaf(),
         aggregate::layer_sparsity::layer_sparsity_udaf(),
         aggregate::variance_entropy::variance_entropy_udaf(),

@@ -40,7 +40,7 @@ use datafusion::logical_expr::{
 };
 use datafusion::physical_expr::expressions::Literal;
 
-use crate::common::{Filters, Histogram, coerce_weights};
+use crate::common::{Binner, Filters, Histogram, coerce_weights};
 
 const NAME: &str = "coef_histogram";
 
@@ -94,24 +94,30 @@ fn validate(lo: f64, hi: f64, bins: i64) -> Result<usize> {
 /// The histogram of a group for parameters `(lo, hi, bins)`: created (after validation)
 /// on first use, otherwise checked to have the same parameters.
 #[inline]
-fn slot(h: &mut Option<Histogram>, lo: f64, hi: f64, bins: i64) -> Result<&mut Histogram> {
+fn slot<'h>(
+    name: &str,
+    h: &'h mut Option<Histogram>,
+    lo: f64,
+    hi: f64,
+    bins: i64,
+) -> Result<&'h mut Histogram> {
     match h {
         Some(h) => {
             if h.lo != lo {
                 return exec_err!(
-                    "{NAME}: lo must be constant within a group, got {} and {lo}",
+                    "{name}: lo must be constant within a group, got {} and {lo}",
                     h.lo
                 );
             }
             if h.hi != hi {
                 return exec_err!(
-                    "{NAME}: hi must be constant within a group, got {} and {hi}",
+                    "{name}: hi must be constant within a group, got {} and {hi}",
                     h.hi
                 );
             }
             if h.bins as i64 != bins {
                 return exec_err!(
-                    "{NAME}: bins must be constant within a group, got {} and {bins}",
+                    "{name}: bins must be constant within a group, got {} and {bins}",
                     h.bins
                 );
             }
@@ -154,6 +160,28 @@ impl<'a> Params<'a> {
         Ok((coefs, Params { lo, hi, bins }))
     }
 
+    /// `(lo, hi, bins)` when every row has these same non-NULL values.
+    fn constant(&self) -> Option<(f64, f64, i64)> {
+        let (lo, hi) = (self.lo, self.hi);
+        if lo.is_empty() || lo.null_count() > 0 || hi.null_count() > 0 {
+            return None;
+        }
+        let (l, h) = (lo.value(0), hi.value(0));
+        let bins = match self.bins {
+            None => DEFAULT_BINS,
+            Some(b) if b.null_count() > 0 => return None,
+            Some(b) => {
+                let v = b.value(0);
+                if !b.values().iter().all(|&x| x == v) {
+                    return None;
+                }
+                v
+            }
+        };
+        (lo.values().iter().all(|&x| x == l) && hi.values().iter().all(|&x| x == h))
+            .then_some((l, h, bins))
+    }
+
     /// `(lo, hi, bins)` of row `i`, `None` if any is NULL.
     #[inline]
     fn get(&self, i: usize) -> Option<(f64, f64, i64)> {
@@ -178,6 +206,35 @@ pub(crate) fn coef_histogram_update(
     group_indices: &[usize],
     filter: Option<&BooleanArray>,
 ) -> Result<()> {
+    if filter.is_none()
+        && coefs.nulls().is_none()
+        && let Some((lo, hi, bins)) = params.constant()
+    {
+        // The usual batch: no NULLs, parameters from literals or scalar subqueries.
+        let flat = coefs.flat_f64();
+        let mut start = 0;
+        while start < group_indices.len() {
+            let g = group_indices[start];
+            let end = group_indices[start..]
+                .iter()
+                .position(|&x| x != g)
+                .map_or(group_indices.len(), |p| start + p);
+            let h = slot(NAME, &mut hists[g], lo, hi, bins)?;
+            let binner = Binner::new(h.lo, h.hi, h.bins);
+            let nb = h.bins;
+            for row in flat[9 * start..9 * end].chunks_exact(9) {
+                for (c, &v) in row.iter().enumerate() {
+                    if let Some(b) = binner.bin_of(v) {
+                        h.counts[c * nb + b] += 1;
+                    }
+                }
+            }
+            start = end;
+        }
+        return Ok(());
+    }
+    // The lookup of the group met last (a batch is mostly one group).
+    let mut cached: Option<(usize, Binner)> = None;
     for (i, &g) in group_indices.iter().enumerate() {
         if filter.is_some_and(|f| !f.is_valid(i) || !f.value(i)) {
             continue;
@@ -185,14 +242,22 @@ pub(crate) fn coef_histogram_update(
         let Some((lo, hi, bins)) = params.get(i) else {
             continue;
         };
-        let h = slot(&mut hists[g], lo, hi, bins)?;
+        let h = slot(NAME, &mut hists[g], lo, hi, bins)?;
         if coefs.is_null(i) {
             continue;
         }
+        let binner = match cached {
+            Some((cg, b)) if cg == g => b,
+            _ => {
+                let b = Binner::new(h.lo, h.hi, h.bins);
+                cached = Some((g, b));
+                b
+            }
+        };
         let x = coefs.get(i);
         let nb = h.bins;
         for (c, &v) in x.iter().enumerate() {
-            if let Some(b) = h.bin_of(v) {
+            if let Some(b) = binner.bin_of(v) {
                 h.counts[c * nb + b] += 1;
             }
         }
@@ -202,7 +267,7 @@ pub(crate) fn coef_histogram_update(
 
 /// Partial states: `lo`, `hi`, `bins` (NULL for a group with unknown parameters) and
 /// `counts` (9 * bins, NULL when unknown).
-fn state_arrays(hists: &[Option<Histogram>]) -> Result<Vec<ArrayRef>> {
+pub(crate) fn state_arrays(hists: &[Option<Histogram>]) -> Result<Vec<ArrayRef>> {
     let nulls = NullBuffer::from(hists.iter().map(Option::is_some).collect::<Vec<_>>());
     let nulls = (nulls.null_count() > 0).then_some(nulls);
     let get = |f: fn(&Histogram) -> f64| hists.iter().map(move |h| h.as_ref().map_or(0.0, f));
@@ -237,14 +302,29 @@ fn state_arrays(hists: &[Option<Histogram>]) -> Result<Vec<ArrayRef>> {
     ])
 }
 
+/// The state fields of an aggregate named `name`: `lo`, `hi`, `bins`, `counts`.
+pub(crate) fn state_fields(name: &str) -> Vec<FieldRef> {
+    let f = |part: &str, t: DataType| Arc::new(Field::new(format_state_name(name, part), t, true));
+    vec![
+        f("lo", DataType::Float64),
+        f("hi", DataType::Float64),
+        f("bins", DataType::Int64),
+        f(
+            "counts",
+            DataType::List(Arc::new(Field::new_list_field(DataType::Int64, true))),
+        ),
+    ]
+}
+
 /// Merge partial states into `hists[group_indices[i]]`.
-fn merge_states(
+pub(crate) fn merge_states(
+    name: &str,
     hists: &mut [Option<Histogram>],
     values: &[ArrayRef],
     group_indices: &[usize],
 ) -> Result<()> {
     let [lo, hi, bins, counts] = values else {
-        return exec_err!("{NAME}: expected 4 state columns, got {}", values.len());
+        return exec_err!("{name}: expected 4 state columns, got {}", values.len());
     };
     let (Some(lo), Some(hi), Some(bins), Some(counts)) = (
         lo.as_primitive_opt::<Float64Type>(),
@@ -252,10 +332,10 @@ fn merge_states(
         bins.as_primitive_opt::<Int64Type>(),
         counts.as_list_opt::<i32>(),
     ) else {
-        return exec_err!("{NAME}: unexpected state types");
+        return exec_err!("{name}: unexpected state types");
     };
     let Some(flat) = counts.values().as_primitive_opt::<Int64Type>() else {
-        return exec_err!("{NAME}: unexpected state types");
+        return exec_err!("{name}: unexpected state types");
     };
     let flat = flat.values();
     let offsets = counts.value_offsets();
@@ -263,11 +343,11 @@ fn merge_states(
         if lo.is_null(i) || hi.is_null(i) || bins.is_null(i) || counts.is_null(i) {
             continue;
         }
-        let h = slot(&mut hists[g], lo.value(i), hi.value(i), bins.value(i))?;
+        let h = slot(name, &mut hists[g], lo.value(i), hi.value(i), bins.value(i))?;
         let (s, e) = (offsets[i] as usize, offsets[i + 1] as usize);
         if e - s != h.counts.len() {
             return exec_err!(
-                "{NAME}: state has {} counts, expected {}",
+                "{name}: state has {} counts, expected {}",
                 e - s,
                 h.counts.len()
             );
@@ -281,7 +361,7 @@ fn merge_states(
 
 /// The results: each group's histogram; a group never given parameters gets zeros over
 /// `preset` when known, else NULL.
-fn evaluate_hists(
+pub(crate) fn evaluate_hists(
     hists: Vec<Option<Histogram>>,
     preset: Option<(f64, f64, usize)>,
 ) -> Result<ArrayRef> {
@@ -425,28 +505,7 @@ impl AggregateUDFImpl for CoefHistogramAgg {
     }
 
     fn state_fields(&self, args: StateFieldsArgs<'_>) -> Result<Vec<FieldRef>> {
-        Ok(vec![
-            Arc::new(Field::new(
-                format_state_name(args.name, "lo"),
-                DataType::Float64,
-                true,
-            )),
-            Arc::new(Field::new(
-                format_state_name(args.name, "hi"),
-                DataType::Float64,
-                true,
-            )),
-            Arc::new(Field::new(
-                format_state_name(args.name, "bins"),
-                DataType::Int64,
-                true,
-            )),
-            Arc::new(Field::new(
-                format_state_name(args.name, "counts"),
-                DataType::List(Arc::new(Field::new_list_field(DataType::Int64, true))),
-                true,
-            )),
-        ])
+        Ok(state_fields(args.name))
     }
 
     fn accumulator(&self, args: AccumulatorArgs<'_>) -> Result<Box<dyn Accumulator>> {
@@ -515,7 +574,7 @@ impl Accumulator for CoefHistogramAccumulator {
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
         let n = states.first().map_or(0, |a| a.len());
         let groups = vec![0usize; n];
-        merge_states(std::slice::from_mut(&mut self.hist), states, &groups)
+        merge_states(NAME, std::slice::from_mut(&mut self.hist), states, &groups)
     }
 }
 
@@ -555,7 +614,7 @@ impl GroupsAccumulator for CoefHistogramGroupsAccumulator {
         total_num_groups: usize,
     ) -> Result<()> {
         self.hists.resize(total_num_groups, None);
-        merge_states(&mut self.hists, values, group_indices)
+        merge_states(NAME, &mut self.hists, values, group_indices)
     }
 
     fn convert_to_state(

@@ -1,5 +1,6 @@
 //! Aggregate SQL functions (each with a `GroupsAccumulator`).
 pub mod coef_histogram;
+pub mod coef_histogram_merge;
 pub mod coef_range;
 pub mod layer_sparsity;
 pub mod orthogonality;

@@ -7,11 +7,13 @@
 //! `explained_variance_ratio` = eigenvalues / their sum.
 //!
 //! Algorithm: one streaming pass accumulating the count, the sum and the packed upper
-//! triangle of the sum of outer products in f64 ([`Moments`], the "sum of products"
-//! form of the online covariance, as DataFusion's `covariance.rs` keeps sums per
-//! group). Partial states merge by adding the three parts, so `merge_batch` is
-//! associative and commutative. The eigen-decomposition runs once per group in
-//! `evaluate` ([`Basis::from_moments`]).
+//! triangle of the sum of outer products ([`Moments`], the "sum of products" form of the
+//! online covariance, as DataFusion's `covariance.rs` keeps sums per group). Within a
+//! batch the sums are f64 (one `X^T X` product per run of rows of one group); across
+//! batches and partial states they are fixed-point `i128` ([`ExactMoments`]), so update
+//! and merge are exactly associative and commutative and the basis does not depend on
+//! the number of partitions or the order in which they finish. The eigen-decomposition
+//! runs once per group in `evaluate` ([`Basis::from_moments`]).
 //!
 //! NULL filters (and rows excluded by `FILTER (WHERE ...)`) are skipped; a group with no
 //! filters gives NULL. With one filter the covariance is defined as all zeros (numpy
@@ -23,8 +25,10 @@
 use std::mem::size_of;
 use std::sync::{Arc, LazyLock};
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, FixedSizeListArray, UInt64Array};
-use arrow::datatypes::{DataType, Field, FieldRef, Float64Type, UInt64Type};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Decimal128Array, FixedSizeListArray, UInt64Array,
+};
+use arrow::datatypes::{DataType, Decimal128Type, Field, FieldRef, UInt64Type};
 use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::utils::format_state_name;
@@ -33,7 +37,7 @@ use datafusion::logical_expr::{
     EmitTo, GroupsAccumulator, Signature, Volatility,
 };
 
-use crate::common::{Basis, Filters, Moments, coerce_weights, fsl_f64, fsl_f64_type};
+use crate::common::{Basis, ExactMoments, Filters, Moments, coerce_weights};
 
 const NAME: &str = "pca_fit";
 
@@ -82,51 +86,137 @@ pub fn pca_fit_ref(rows: &[Option<[f64; 9]>]) -> Option<Basis> {
 }
 
 /// Vectorised kernel: add the rows of `weights` (skipping NULL rows and rows whose
-/// `filter` is false/NULL) into `moments[group_indices[i]]`.
+/// `filter` is false/NULL) into `moments[group_indices[i]]`, pushing each group that
+/// was empty (n = 0) onto `touched`.
 pub(crate) fn pca_fit_update(
     moments: &mut [Moments],
     weights: &Filters<'_>,
     group_indices: &[usize],
     filter: Option<&BooleanArray>,
+    touched: &mut Vec<usize>,
 ) {
     if weights.nulls().is_none() && filter.is_none() {
-        for (i, &g) in group_indices.iter().enumerate() {
-            moments[g].add(&weights.get(i));
+        // Runs of one group (a whole batch without GROUP BY) go through one X^T X product.
+        let flat = weights.flat_f64();
+        let mut start = 0;
+        while start < group_indices.len() {
+            let g = group_indices[start];
+            let end = group_indices[start..]
+                .iter()
+                .position(|&x| x != g)
+                .map_or(group_indices.len(), |p| start + p);
+            if moments[g].n == 0 {
+                touched.push(g);
+            }
+            if end - start >= 16 {
+                moments[g].add_rows(&flat[9 * start..9 * end]);
+            } else {
+                for i in start..end {
+                    moments[g].add(&weights.get(i));
+                }
+            }
+            start = end;
         }
     } else {
         for (i, &g) in group_indices.iter().enumerate() {
             if weights.is_null(i) || filter.is_some_and(|f| !f.is_valid(i) || !f.value(i)) {
                 continue;
             }
+            if moments[g].n == 0 {
+                touched.push(g);
+            }
             moments[g].add(&weights.get(i));
         }
     }
 }
 
-/// The state columns `n`, `s1`, `s2` of a batch of partial states.
+/// The sums of every group: exact across batches ([`ExactMoments`]), f64 within one.
+#[derive(Debug, Default)]
+struct FitState {
+    exact: Vec<ExactMoments>,
+    /// This batch's sums per group; all zero between batches.
+    batch: Vec<Moments>,
+    touched: Vec<usize>,
+}
+
+impl FitState {
+    fn resize(&mut self, n: usize) {
+        self.exact.resize(n, ExactMoments::default());
+        self.batch.resize(n, Moments::default());
+    }
+
+    fn update(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        filter: Option<&BooleanArray>,
+    ) -> Result<()> {
+        let Some(w) = values.first() else {
+            return exec_err!("{NAME}: missing argument");
+        };
+        let w = Filters::try_new(NAME, w.as_ref())?;
+        pca_fit_update(
+            &mut self.batch,
+            &w,
+            group_indices,
+            filter,
+            &mut self.touched,
+        );
+        for g in self.touched.drain(..) {
+            self.exact[g].absorb(NAME, &self.batch[g])?;
+            self.batch[g] = Moments::default();
+        }
+        Ok(())
+    }
+
+    fn merge(&mut self, states: &[ArrayRef], group_indices: &[usize]) -> Result<()> {
+        let s = StateCols::try_new(states)?;
+        for (i, &g) in group_indices.iter().enumerate() {
+            if let Some(m) = s.get(i) {
+                self.exact[g].merge(NAME, &m)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, emit_to: EmitTo) -> Vec<ExactMoments> {
+        let out = emit_to.take_needed(&mut self.exact);
+        let _ = emit_to.take_needed(&mut self.batch);
+        out
+    }
+
+    fn size(&self) -> usize {
+        self.exact.capacity() * size_of::<ExactMoments>()
+            + self.batch.capacity() * size_of::<Moments>()
+    }
+}
+
+/// The state columns `n`, `s1`, `s2`, `non_finite` of a batch of partial states.
 struct StateCols<'a> {
     n: &'a UInt64Array,
     s1: &'a FixedSizeListArray,
-    s1v: &'a [f64],
+    s1v: &'a [i128],
     s2: &'a FixedSizeListArray,
-    s2v: &'a [f64],
+    s2v: &'a [i128],
+    non_finite: &'a BooleanArray,
 }
 
 impl<'a> StateCols<'a> {
     fn try_new(values: &'a [ArrayRef]) -> Result<StateCols<'a>> {
-        let [n, s1, s2] = values else {
-            return exec_err!("{NAME}: expected 3 state columns, got {}", values.len());
+        let [n, s1, s2, non_finite] = values else {
+            return exec_err!("{NAME}: expected 4 state columns, got {}", values.len());
         };
-        let (Some(n), Some(s1), Some(s2)) = (
+        let (Some(n), Some(s1), Some(s2), Some(non_finite)) = (
             n.as_primitive_opt::<UInt64Type>(),
             s1.as_fixed_size_list_opt(),
             s2.as_fixed_size_list_opt(),
+            non_finite.as_boolean_opt(),
         ) else {
             return exec_err!("{NAME}: unexpected state types");
         };
         let (Some(s1v), Some(s2v)) = (
-            s1.values().as_primitive_opt::<Float64Type>(),
-            s2.values().as_primitive_opt::<Float64Type>(),
+            s1.values().as_primitive_opt::<Decimal128Type>(),
+            s2.values().as_primitive_opt::<Decimal128Type>(),
         ) else {
             return exec_err!("{NAME}: unexpected state types");
         };
@@ -139,19 +229,21 @@ impl<'a> StateCols<'a> {
             s1v: s1v.values(),
             s2,
             s2v: s2v.values(),
+            non_finite,
         })
     }
 
     /// Row `i` (`None` when NULL).
-    fn get(&self, i: usize) -> Option<Moments> {
+    fn get(&self, i: usize) -> Option<ExactMoments> {
         if self.n.is_null(i) || self.s1.is_null(i) || self.s2.is_null(i) {
             return None;
         }
         let o1 = self.s1.value_offset(i) as usize;
         let o2 = self.s2.value_offset(i) as usize;
-        let mut m = Moments {
+        let mut m = ExactMoments {
             n: self.n.value(i),
-            ..Moments::default()
+            non_finite: self.non_finite.is_valid(i) && self.non_finite.value(i),
+            ..ExactMoments::default()
         };
         m.s1.copy_from_slice(&self.s1v[o1..o1 + 9]);
         m.s2.copy_from_slice(&self.s2v[o2..o2 + 45]);
@@ -159,19 +251,38 @@ impl<'a> StateCols<'a> {
     }
 }
 
-/// Partial states as Arrow columns `n` UInt64, `s1` FSL<Float64, 9>, `s2` FSL<Float64, 45>.
-fn state_arrays(ms: &[Moments]) -> Result<Vec<ArrayRef>> {
+/// `FixedSizeList<Decimal128(38, 0), n>`: the fixed-point sums as plain `i128`s.
+fn fsl_i128_type(n: i32) -> DataType {
+    DataType::FixedSizeList(
+        Arc::new(Field::new_list_field(DataType::Decimal128(38, 0), true)),
+        n,
+    )
+}
+
+fn fsl_i128(n: i32, values: Vec<i128>) -> Result<FixedSizeListArray> {
+    Ok(FixedSizeListArray::try_new(
+        Arc::new(Field::new_list_field(DataType::Decimal128(38, 0), true)),
+        n,
+        Arc::new(Decimal128Array::from(values).with_precision_and_scale(38, 0)?),
+        None,
+    )?)
+}
+
+/// Partial states as Arrow columns `n` UInt64, `s1` / `s2` fixed-size lists of 9 / 45
+/// `Decimal128(38, 0)` (the [`ExactMoments`] sums in units of 2^-64) and `non_finite`.
+fn state_arrays(ms: &[ExactMoments]) -> Result<Vec<ArrayRef>> {
     let n = UInt64Array::from_iter_values(ms.iter().map(|m| m.n));
-    let s1 = fsl_f64(9, ms.iter().flat_map(|m| m.s1).collect(), None)?;
-    let s2 = fsl_f64(45, ms.iter().flat_map(|m| m.s2).collect(), None)?;
-    Ok(vec![Arc::new(n), Arc::new(s1), Arc::new(s2)])
+    let s1 = fsl_i128(9, ms.iter().flat_map(|m| m.s1).collect())?;
+    let s2 = fsl_i128(45, ms.iter().flat_map(|m| m.s2).collect())?;
+    let nf = BooleanArray::from(ms.iter().map(|m| m.non_finite).collect::<Vec<_>>());
+    Ok(vec![Arc::new(n), Arc::new(s1), Arc::new(s2), Arc::new(nf)])
 }
 
 /// The bases of `ms` (NULL where no filter was seen).
-fn evaluate_moments(ms: &[Moments]) -> Result<ArrayRef> {
+fn evaluate_moments(ms: &[ExactMoments]) -> Result<ArrayRef> {
     let bases: Vec<Option<Basis>> = ms
         .iter()
-        .map(|m| (m.n > 0).then(|| Basis::from_moments(m)))
+        .map(|m| (m.n > 0).then(|| Basis::from_moments(&m.to_moments())))
         .collect();
     Basis::to_array(&bases)
 }
@@ -251,22 +362,14 @@ impl AggregateUDFImpl for PcaFitAgg {
     }
 
     fn state_fields(&self, args: StateFieldsArgs<'_>) -> Result<Vec<FieldRef>> {
+        let f = |part: &str, t: DataType| {
+            Arc::new(Field::new(format_state_name(args.name, part), t, true))
+        };
         Ok(vec![
-            Arc::new(Field::new(
-                format_state_name(args.name, "n"),
-                DataType::UInt64,
-                true,
-            )),
-            Arc::new(Field::new(
-                format_state_name(args.name, "s1"),
-                fsl_f64_type(9),
-                true,
-            )),
-            Arc::new(Field::new(
-                format_state_name(args.name, "s2"),
-                fsl_f64_type(45),
-                true,
-            )),
+            f("n", DataType::UInt64),
+            f("s1", fsl_i128_type(9)),
+            f("s2", fsl_i128_type(45)),
+            f("non_finite", DataType::Boolean),
         ])
     }
 
@@ -290,54 +393,52 @@ impl AggregateUDFImpl for PcaFitAgg {
     }
 }
 
-/// `pca_fit` without GROUP BY: one [`Moments`] (streaming sums, merged by addition).
-#[derive(Debug, Default)]
+/// `pca_fit` without GROUP BY: the state of one group.
+#[derive(Debug)]
 pub struct PcaFitAccumulator {
-    m: Moments,
+    state: FitState,
+}
+
+impl Default for PcaFitAccumulator {
+    fn default() -> Self {
+        let mut state = FitState::default();
+        state.resize(1);
+        PcaFitAccumulator { state }
+    }
 }
 
 impl Accumulator for PcaFitAccumulator {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        let Some(w) = values.first() else {
-            return exec_err!("{NAME}: missing argument");
-        };
-        let w = Filters::try_new(NAME, w.as_ref())?;
-        let groups = vec![0usize; w.len()];
-        pca_fit_update(std::slice::from_mut(&mut self.m), &w, &groups, None);
-        Ok(())
+        let n = values.first().map_or(0, |a| a.len());
+        self.state.update(values, &vec![0; n], None)
     }
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
-        let a = evaluate_moments(std::slice::from_ref(&self.m))?;
+        let a = evaluate_moments(&self.state.exact)?;
         ScalarValue::try_from_array(&a, 0)
     }
 
     fn size(&self) -> usize {
-        size_of::<Self>()
+        size_of::<Self>() + self.state.size()
     }
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        state_arrays(std::slice::from_ref(&self.m))?
+        state_arrays(&self.state.exact)?
             .iter()
             .map(|a| ScalarValue::try_from_array(a, 0))
             .collect()
     }
 
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        let s = StateCols::try_new(states)?;
-        for i in 0..s.n.len() {
-            if let Some(m) = s.get(i) {
-                self.m.merge(&m);
-            }
-        }
-        Ok(())
+        let n = states.first().map_or(0, |a| a.len());
+        self.state.merge(states, &vec![0; n])
     }
 }
 
-/// `pca_fit` per group: one [`Moments`] per group index.
+/// `pca_fit` per group.
 #[derive(Debug, Default)]
 pub struct PcaFitGroupsAccumulator {
-    moments: Vec<Moments>,
+    state: FitState,
 }
 
 impl GroupsAccumulator for PcaFitGroupsAccumulator {
@@ -348,21 +449,16 @@ impl GroupsAccumulator for PcaFitGroupsAccumulator {
         opt_filter: Option<&BooleanArray>,
         total_num_groups: usize,
     ) -> Result<()> {
-        let Some(w) = values.first() else {
-            return exec_err!("{NAME}: missing argument");
-        };
-        self.moments.resize(total_num_groups, Moments::default());
-        let w = Filters::try_new(NAME, w.as_ref())?;
-        pca_fit_update(&mut self.moments, &w, group_indices, opt_filter);
-        Ok(())
+        self.state.resize(total_num_groups);
+        self.state.update(values, group_indices, opt_filter)
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
-        evaluate_moments(&emit_to.take_needed(&mut self.moments))
+        evaluate_moments(&self.state.take(emit_to))
     }
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
-        state_arrays(&emit_to.take_needed(&mut self.moments))
+        state_arrays(&self.state.take(emit_to))
     }
 
     fn merge_batch(
@@ -371,14 +467,8 @@ impl GroupsAccumulator for PcaFitGroupsAccumulator {
         group_indices: &[usize],
         total_num_groups: usize,
     ) -> Result<()> {
-        self.moments.resize(total_num_groups, Moments::default());
-        let s = StateCols::try_new(values)?;
-        for (i, &g) in group_indices.iter().enumerate() {
-            if let Some(m) = s.get(i) {
-                self.moments[g].merge(&m);
-            }
-        }
-        Ok(())
+        self.state.resize(total_num_groups);
+        self.state.merge(values, group_indices)
     }
 
     fn convert_to_state(
@@ -386,18 +476,16 @@ impl GroupsAccumulator for PcaFitGroupsAccumulator {
         values: &[ArrayRef],
         opt_filter: Option<&BooleanArray>,
     ) -> Result<Vec<ArrayRef>> {
-        let Some(w) = values.first() else {
-            return exec_err!("{NAME}: missing argument");
-        };
-        let w = Filters::try_new(NAME, w.as_ref())?;
-        let mut ms = vec![Moments::default(); w.len()];
-        let groups: Vec<usize> = (0..w.len()).collect();
-        pca_fit_update(&mut ms, &w, &groups, opt_filter);
-        state_arrays(&ms)
+        let n = values.first().map_or(0, |a| a.len());
+        let mut rows = FitState::default();
+        rows.resize(n);
+        let groups: Vec<usize> = (0..n).collect();
+        rows.update(values, &groups, opt_filter)?;
+        state_arrays(&rows.exact)
     }
 
     fn size(&self) -> usize {
-        self.moments.capacity() * size_of::<Moments>()
+        self.state.size()
     }
 }
 
@@ -414,6 +502,7 @@ mod tests {
     use crate::aggregate::testing::{
         Arg, Rng, assert_arrays_close, assert_results_close, run_all_paths,
     };
+    use crate::common::{fsl_f64, fsl_f64_type};
     use arrow::array::Float32Array;
     use proptest::prelude::*;
 

@@ -32,11 +32,16 @@ pub fn make_weights_kernel<T: ArrowPrimitiveType>(
         return exec_err!("make_weights expects 9 columns, got {}", cols.len());
     }
     let n = cols[0].len();
-    let mut values = Vec::with_capacity(n * 9);
-    let slices: Vec<&[T::Native]> = cols.iter().map(|c| c.values().as_ref()).collect();
-    for i in 0..n {
-        for s in &slices {
-            values.push(s[i]);
+    if cols.iter().any(|c| c.len() != n) {
+        return exec_err!("make_weights: the nine columns differ in length");
+    }
+    let s: [&[T::Native]; 9] = std::array::from_fn(|k| &cols[k].values()[..n]);
+    let mut values = vec![T::Native::default(); n * 9];
+    // A fixed-size array of equally long slices: the loop has no bounds checks or
+    // capacity checks and writes each 9-value row in place.
+    for (i, out) in values.chunks_exact_mut(9).enumerate() {
+        for (o, col) in out.iter_mut().zip(&s) {
+            *o = col[i];
         }
     }
     let nulls = cols.iter().fold(None::<NullBuffer>, |acc, c| {

@@ -53,25 +53,53 @@ fn return_type() -> DataType {
 }
 
 /// Vectorised kernel: one pass over the rows, writing the flat f32 child buffer; NULL
-/// rows keep zeros under the input's validity bitmap.
+/// rows hold zeros under the input's validity bitmap.
+///
+/// Float16 and float32 input is scaled in f32: for operands with 24-bit significands an
+/// f32 division gives the same bits as the reference's f64 division rounded to f32
+/// (double rounding is innocuous when the wider format has at least 2 x 24 + 2 bits),
+/// and the row loop has no conversions. Float64 input is divided in f64.
 pub fn peak_scale_kernel(f: &Filters<'_>) -> Result<FixedSizeListArray> {
     let n = f.len();
     let mut values = vec![0f32; n * 9];
-    for (i, out) in values.chunks_exact_mut(9).enumerate() {
-        if f.is_null(i) {
-            continue;
+    if let Some(src) = f.flat_f32() {
+        for (out, x) in values.chunks_exact_mut(9).zip(src.chunks_exact(9)) {
+            let mut m = 0f32;
+            let mut nan = false;
+            for v in x {
+                let a = v.abs();
+                nan |= a.is_nan();
+                m = m.max(a);
+            }
+            if nan {
+                out.fill(f32::NAN);
+            } else if m == 0.0 {
+                out.copy_from_slice(x);
+            } else {
+                for (o, v) in out.iter_mut().zip(x) {
+                    *o = v / m;
+                }
+            }
         }
-        let x = f.get(i);
-        let m = max_abs_nan(&x);
-        if m == 0.0 {
-            for (o, v) in out.iter_mut().zip(&x) {
-                *o = *v as f32;
+    } else {
+        for (i, out) in values.chunks_exact_mut(9).enumerate() {
+            let x = f.get(i);
+            let m = max_abs_nan(&x);
+            if m == 0.0 {
+                for (o, v) in out.iter_mut().zip(&x) {
+                    *o = *v as f32;
+                }
+            } else {
+                // Divide (not multiply by 1/m): bit-equal to numpy's `f / m`.
+                for (o, v) in out.iter_mut().zip(&x) {
+                    *o = (v / m) as f32;
+                }
             }
-        } else {
-            // Divide (not multiply by 1/m): bit-equal to numpy's `f / m`.
-            for (o, v) in out.iter_mut().zip(&x) {
-                *o = (v / m) as f32;
-            }
+        }
+    }
+    if let Some(nulls) = f.nulls() {
+        for i in (0..n).filter(|&i| nulls.is_null(i)) {
+            values[9 * i..9 * i + 9].fill(0.0);
         }
     }
     Ok(FixedSizeListArray::try_new(
@@ -261,6 +289,34 @@ mod tests {
                 prop_assert_eq!(row(&out, i), want);
                 let m = row(&out, i).iter().fold(0f32, |m, v| m.max(v.abs()));
                 prop_assert!(m == 0.0 || m == 1.0);
+            }
+        }
+
+        // The f32 path (float32 and float16 input) gives the reference's bits: f64
+        // division rounded to f32.
+        #[test]
+        fn f32_path_matches_reference(
+            rows in proptest::collection::vec(proptest::array::uniform9(any::<f32>()), 0..64),
+        ) {
+            let rows: Vec<[f32; 9]> = rows
+                .into_iter()
+                .map(|r| r.map(|v| if v.is_finite() { v } else { 0.5 }))
+                .collect();
+            let a = FixedSizeListArray::try_new(
+                Arc::new(Field::new_list_field(DataType::Float32, true)),
+                9,
+                Arc::new(Float32Array::from(rows.iter().flatten().copied().collect::<Vec<_>>())),
+                None,
+            )
+            .unwrap();
+            let out = peak_scale_kernel(&Filters::try_new("t", &a).unwrap()).unwrap();
+            for (i, r) in rows.iter().enumerate() {
+                let want: Vec<u32> = peak_scale_ref(&r.map(f64::from))
+                    .iter()
+                    .map(|&v| (v as f32).to_bits())
+                    .collect();
+                let got: Vec<u32> = row(&out, i).iter().map(|v| v.to_bits()).collect();
+                prop_assert_eq!(got, want);
             }
         }
     }
