@@ -181,6 +181,22 @@ pub fn fsl_f64(n: i32, values: Vec<f64>, nulls: Option<NullBuffer>) -> Result<Fi
     )?)
 }
 
+/// The maximal runs of equal group indices, in order: `(group, rows)`. A batch without
+/// GROUP BY is one run; the aggregates process a run with one product or lookup.
+pub fn group_runs(groups: &[usize]) -> impl Iterator<Item = (usize, std::ops::Range<usize>)> + '_ {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        let g = *groups.get(start)?;
+        let end = groups[start..]
+            .iter()
+            .position(|&x| x != g)
+            .map_or(groups.len(), |p| start + p);
+        let rows = start..end;
+        start = end;
+        Some((g, rows))
+    })
+}
+
 /// Index of `(i, j)`, `i <= j`, in the packed upper triangle of a 9x9 matrix.
 #[inline]
 pub const fn tri(i: usize, j: usize) -> usize {

@@ -40,7 +40,7 @@ use datafusion::logical_expr::{
 };
 use datafusion::physical_expr::expressions::Literal;
 
-use crate::common::{Binner, Filters, Histogram, coerce_weights};
+use crate::common::{Binner, Filters, Histogram, coerce_weights, group_runs};
 
 const NAME: &str = "coef_histogram";
 
@@ -212,24 +212,17 @@ pub(crate) fn coef_histogram_update(
     {
         // The usual batch: no NULLs, parameters from literals or scalar subqueries.
         let flat = coefs.flat_f64();
-        let mut start = 0;
-        while start < group_indices.len() {
-            let g = group_indices[start];
-            let end = group_indices[start..]
-                .iter()
-                .position(|&x| x != g)
-                .map_or(group_indices.len(), |p| start + p);
+        for (g, rows) in group_runs(group_indices) {
             let h = slot(NAME, &mut hists[g], lo, hi, bins)?;
             let binner = Binner::new(h.lo, h.hi, h.bins);
             let nb = h.bins;
-            for row in flat[9 * start..9 * end].chunks_exact(9) {
+            for row in flat[9 * rows.start..9 * rows.end].chunks_exact(9) {
                 for (c, &v) in row.iter().enumerate() {
                     if let Some(b) = binner.bin_of(v) {
                         h.counts[c * nb + b] += 1;
                     }
                 }
             }
-            start = end;
         }
         return Ok(());
     }
@@ -314,6 +307,16 @@ pub(crate) fn state_fields(name: &str) -> Vec<FieldRef> {
             DataType::List(Arc::new(Field::new_list_field(DataType::Int64, true))),
         ),
     ]
+}
+
+/// Bytes held by a vector of per-group histograms.
+pub(crate) fn hists_size(hists: &Vec<Option<Histogram>>) -> usize {
+    hists.capacity() * size_of::<Option<Histogram>>()
+        + hists
+            .iter()
+            .flatten()
+            .map(|h| h.counts.capacity() * size_of::<i64>())
+            .sum::<usize>()
 }
 
 /// Merge partial states into `hists[group_indices[i]]`.
@@ -630,13 +633,7 @@ impl GroupsAccumulator for CoefHistogramGroupsAccumulator {
     }
 
     fn size(&self) -> usize {
-        self.hists.capacity() * size_of::<Option<Histogram>>()
-            + self
-                .hists
-                .iter()
-                .flatten()
-                .map(|h| h.counts.capacity() * size_of::<i64>())
-                .sum::<usize>()
+        hists_size(&self.hists)
     }
 }
 

@@ -25,7 +25,7 @@ use datafusion::logical_expr::{
     GroupsAccumulator, Signature, Volatility,
 };
 
-use super::coef_histogram::{evaluate_hists, merge_states, state_arrays, state_fields};
+use super::coef_histogram::{evaluate_hists, hists_size, merge_states, state_arrays, state_fields};
 use super::layer_sparsity::DOC_SECTION;
 use crate::common::Histogram;
 
@@ -260,13 +260,7 @@ impl GroupsAccumulator for CoefHistogramMergeGroupsAccumulator {
     }
 
     fn size(&self) -> usize {
-        self.hists.capacity() * size_of::<Option<Histogram>>()
-            + self
-                .hists
-                .iter()
-                .flatten()
-                .map(|h| h.counts.capacity() * size_of::<i64>())
-                .sum::<usize>()
+        hists_size(&self.hists)
     }
 }
 

@@ -37,7 +37,7 @@ use datafusion::logical_expr::{
     EmitTo, GroupsAccumulator, Signature, Volatility,
 };
 
-use crate::common::{Basis, ExactMoments, Filters, Moments, coerce_weights};
+use crate::common::{Basis, ExactMoments, Filters, Moments, coerce_weights, group_runs};
 
 const NAME: &str = "pca_fit";
 
@@ -98,24 +98,17 @@ pub(crate) fn pca_fit_update(
     if weights.nulls().is_none() && filter.is_none() {
         // Runs of one group (a whole batch without GROUP BY) go through one X^T X product.
         let flat = weights.flat_f64();
-        let mut start = 0;
-        while start < group_indices.len() {
-            let g = group_indices[start];
-            let end = group_indices[start..]
-                .iter()
-                .position(|&x| x != g)
-                .map_or(group_indices.len(), |p| start + p);
+        for (g, rows) in group_runs(group_indices) {
             if moments[g].n == 0 {
                 touched.push(g);
             }
-            if end - start >= 16 {
-                moments[g].add_rows(&flat[9 * start..9 * end]);
+            if rows.len() >= 16 {
+                moments[g].add_rows(&flat[9 * rows.start..9 * rows.end]);
             } else {
-                for i in start..end {
+                for i in rows {
                     moments[g].add(&weights.get(i));
                 }
             }
-            start = end;
         }
     } else {
         for (i, &g) in group_indices.iter().enumerate() {
