@@ -1272,5 +1272,15 @@ fn bench_scalars(c: &mut Criterion) {
     bench_depth_bucket(c);
 }
 
-criterion_group!(benches, bench_scalars, bench_aggregates);
+/// No plots and 10,000 bootstrap resamples (criterion's defaults, plots and 100,000,
+/// took longer than the measurements of this many benchmarks).
+fn config() -> Criterion {
+    Criterion::default().without_plots().nresamples(10_000)
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = bench_scalars, bench_aggregates
+}
 criterion_main!(benches);
