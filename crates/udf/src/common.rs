@@ -577,7 +577,8 @@ impl Basis {
         }
     }
 
-    /// Coefficients of one filter: `(x - mean) . components^T`.
+    /// Coefficients of one filter: `(x - mean) . components^T`, each coefficient summed
+    /// in the order of the nine weights (as [`Basis::project_f32`] does).
     #[inline]
     pub fn project(&self, x: &[f64; 9]) -> [f64; 9] {
         let mut c = [0.0; 9];
@@ -586,25 +587,50 @@ impl Basis {
             d[i] = x[i] - self.mean[i];
         }
         for (k, comp) in self.components.iter().enumerate() {
-            c[k] = comp.iter().zip(&d).map(|(a, b)| a * b).sum();
+            let mut acc = comp[0] * d[0];
+            for j in 1..9 {
+                acc += comp[j] * d[j];
+            }
+            c[k] = acc;
         }
         c
     }
 
-    /// Coefficients of many filters at once: `rows` (row-major, 9 per filter) is centred
-    /// in place (`x - mean`), then `out = rows . components^T` in one [`gemm_f64`].
-    pub fn project_rows(&self, rows: &mut [f64], out: &mut [f64]) {
-        let k = rows.len() / 9;
-        for r in rows.chunks_exact_mut(9) {
-            for (v, m) in r.iter_mut().zip(&self.mean) {
-                *v -= m;
+    /// The components transposed: `[j][k]` = weight j of component k.
+    fn components_t(&self) -> [[f64; 9]; 9] {
+        let mut ct = [[0.0; 9]; 9];
+        for (k, comp) in self.components.iter().enumerate() {
+            for (j, &v) in comp.iter().enumerate() {
+                ct[j][k] = v;
             }
         }
-        let comps = self.components.as_flattened();
-        // B = components^T: element (j, c) = comps[9 c + j].
-        gemm_f64((k, 9, 9), (rows, 9, 1), (comps, 1, 9), out);
+        ct
     }
 
+    /// Coefficients of many f32 filters at once (row-major, 9 per filter), 9 per filter: the SIMD kernel of [`crate::simd::project_f32`]. A hand-written
+    /// loop rather than a matrix-product crate: with k = n = 9 the packing of a general
+    /// GEMM cost more than the arithmetic. The bits equal [`Basis::project`]'s, row by
+    /// row, on every CPU.
+    pub fn project_f32(&self, rows: &[f32]) -> Vec<f64> {
+        let ct = self.components_t();
+        // SAFETY: the kernel writes every coefficient of every row.
+        unsafe {
+            crate::simd::filled_vec(rows.len(), |o| {
+                crate::simd::project_f32(&self.mean, &ct, rows, o)
+            })
+        }
+    }
+
+    /// As [`Basis::project_f32`] for f64 filters (portable code).
+    pub fn project_f64(&self, rows: &[f64]) -> Vec<f64> {
+        let ct = self.components_t();
+        // SAFETY: the kernel writes every coefficient of every row.
+        unsafe {
+            crate::simd::filled_vec(rows.len(), |o| {
+                crate::simd::project_portable(&self.mean, &ct, rows, o)
+            })
+        }
+    }
     /// The struct fields of a basis value.
     pub fn fields() -> Fields {
         Fields::from(vec![
@@ -773,6 +799,67 @@ impl Binner {
             i += 1;
         }
         Some(i)
+    }
+}
+
+impl Binner {
+    /// Adds rows of 9 coefficients (`values`, row-major) to `counts`
+    /// (`counts[c * bins + b]`), with [`Binner::bin_of`]'s semantics for every value.
+    ///
+    /// Two stages per block of rows: the bin of every value, computed without branches
+    /// (out-of-range and NaN values go to a discard slot after each coefficient's bins)
+    /// by a loop the AVX-512 / AVX2 versions run 8 values per instruction; then one
+    /// increment per value into a local table, whose nine rows are added to `counts` at
+    /// the end.
+    pub fn count_into(&self, values: &[f64], counts: &mut [i64]) {
+        const BLOCK: usize = 9 * 512;
+        let stride = self.bins + 1;
+        let offsets: Vec<u32> = (0..BLOCK).map(|p| ((p % 9) * stride) as u32).collect();
+        let mut idx = vec![0u32; BLOCK];
+        let mut local = vec![0u64; 9 * stride];
+        for block in values.chunks(BLOCK) {
+            let idx = &mut idx[..block.len()];
+            bin_indices(self, block, &offsets[..block.len()], idx);
+            for &i in idx.iter() {
+                local[i as usize] += 1;
+            }
+        }
+        for c in 0..9 {
+            let src = &local[c * stride..c * stride + self.bins];
+            for (d, &s) in counts[c * self.bins..(c + 1) * self.bins]
+                .iter_mut()
+                .zip(src)
+            {
+                *d += s as i64;
+            }
+        }
+    }
+}
+
+/// `idx[p] = offsets[p] + bin of values[p]`, or `offsets[p] + bins` (the discard slot)
+/// for a value outside `[lo, hi]` or NaN; [`Binner::bin_of`]'s arithmetic without its
+/// branches.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx512bw+avx512dq",
+    "x86_64+avx2+fma",
+    "x86_64+avx"
+))]
+fn bin_indices(b: &Binner, values: &[f64], offsets: &[u32], idx: &mut [u32]) {
+    let (lo, hi, norm, step) = (b.lo, b.hi, b.norm, b.step);
+    let bins = b.bins as u32;
+    let last = (b.bins - 1) as f64;
+    for ((d, &x), &off) in idx.iter_mut().zip(values).zip(offsets) {
+        let t = (x - lo) * norm;
+        let t = if t > 0.0 { t } else { 0.0 };
+        let t = if t < last { t } else { last };
+        let i = t as u32;
+        let fi = f64::from(i);
+        let below = x < lo + fi * step;
+        let dec = below & (i > 0);
+        let inc = !below & (i + 1 < bins) & (x >= lo + (fi + 1.0) * step);
+        let i = i - u32::from(dec) + u32::from(inc);
+        let valid = x >= lo && x <= hi;
+        *d = off + if valid { i } else { bins };
     }
 }
 

@@ -22,6 +22,7 @@ use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
 pub mod aggregate;
 pub mod common;
 pub mod scalar;
+pub mod simd;
 
 /// Every scalar function filterdb defines.
 pub fn all_scalar() -> Vec<Arc<ScalarUDF>> {

@@ -214,15 +214,8 @@ pub(crate) fn coef_histogram_update(
         let flat = coefs.flat_f64();
         for (g, rows) in group_runs(group_indices) {
             let h = slot(NAME, &mut hists[g], lo, hi, bins)?;
-            let binner = Binner::new(h.lo, h.hi, h.bins);
-            let nb = h.bins;
-            for row in flat[9 * rows.start..9 * rows.end].chunks_exact(9) {
-                for (c, &v) in row.iter().enumerate() {
-                    if let Some(b) = binner.bin_of(v) {
-                        h.counts[c * nb + b] += 1;
-                    }
-                }
-            }
+            Binner::new(h.lo, h.hi, h.bins)
+                .count_into(&flat[9 * rows.start..9 * rows.end], &mut h.counts);
         }
         return Ok(());
     }

@@ -26,7 +26,7 @@ use datafusion::logical_expr::{
     EmitTo, GroupsAccumulator, Signature, Volatility,
 };
 
-use crate::common::{Filters, coerce_weights};
+use crate::common::{Filters, coerce_weights, group_runs};
 
 const NAME: &str = "coef_range";
 
@@ -58,6 +58,23 @@ pub(crate) fn coef_range_update(
     filter: Option<&BooleanArray>,
 ) {
     let all = coefs.nulls().is_none() && filter.is_none();
+    if all && let Some(flat) = coefs.flat_f32() {
+        for (g, rows) in group_runs(group_indices) {
+            let (mn, mx) = min_max(&flat[9 * rows.start..9 * rows.end]);
+            mins[g] = mins[g].min(f64::from(mn));
+            maxs[g] = maxs[g].max(f64::from(mx));
+        }
+        return;
+    }
+    if all {
+        let flat = coefs.flat_f64();
+        for (g, rows) in group_runs(group_indices) {
+            let (mn, mx) = min_max(&flat[9 * rows.start..9 * rows.end]);
+            mins[g] = mins[g].min(mn);
+            maxs[g] = maxs[g].max(mx);
+        }
+        return;
+    }
     for (i, &g) in group_indices.iter().enumerate() {
         if !all && (coefs.is_null(i) || filter.is_some_and(|f| !f.is_valid(i) || !f.value(i))) {
             continue;
@@ -76,6 +93,52 @@ pub(crate) fn coef_range_update(
         mins[g] = mn;
         maxs[g] = mx;
     }
+}
+
+/// Smallest and largest value of a slice, NaN ignored (`(+inf, -inf)` when there is
+/// none): 16 running minima and maxima that the AVX-512 / AVX2 versions keep in vector
+/// registers, folded at the end.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx512bw+avx512dq",
+    "x86_64+avx2+fma",
+    "x86_64+avx"
+))]
+fn min_max<T: Copy + PartialOrd + MinMaxInit>(values: &[T]) -> (T, T) {
+    const LANES: usize = 16;
+    let mut mn = [T::POS_INF; LANES];
+    let mut mx = [T::NEG_INF; LANES];
+    let mut chunks = values.chunks_exact(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            // comparisons with NaN are false: NaN is ignored
+            mn[l] = if c[l] < mn[l] { c[l] } else { mn[l] };
+            mx[l] = if c[l] > mx[l] { c[l] } else { mx[l] };
+        }
+    }
+    let (mut a, mut b) = (T::POS_INF, T::NEG_INF);
+    for &v in chunks.remainder().iter().chain(&mn) {
+        a = if v < a { v } else { a };
+    }
+    for &v in chunks.remainder().iter().chain(&mx) {
+        b = if v > b { v } else { b };
+    }
+    (a, b)
+}
+
+/// The infinities [`min_max`] starts from.
+trait MinMaxInit {
+    const POS_INF: Self;
+    const NEG_INF: Self;
+}
+
+impl MinMaxInit for f32 {
+    const POS_INF: f32 = f32::INFINITY;
+    const NEG_INF: f32 = f32::NEG_INFINITY;
+}
+
+impl MinMaxInit for f64 {
+    const POS_INF: f64 = f64::INFINITY;
+    const NEG_INF: f64 = f64::NEG_INFINITY;
 }
 
 fn result_fields() -> Fields {

@@ -36,14 +36,19 @@ pub fn make_weights_kernel<T: ArrowPrimitiveType>(
         return exec_err!("make_weights: the nine columns differ in length");
     }
     let s: [&[T::Native]; 9] = std::array::from_fn(|k| &cols[k].values()[..n]);
-    let mut values = vec![T::Native::default(); n * 9];
     // A fixed-size array of equally long slices: the loop has no bounds checks or
-    // capacity checks and writes each 9-value row in place.
-    for (i, out) in values.chunks_exact_mut(9).enumerate() {
-        for (o, col) in out.iter_mut().zip(&s) {
-            *o = col[i];
-        }
-    }
+    // capacity checks and writes each 9-value row in place, into memory that is not
+    // zero-filled first.
+    // SAFETY: the loop writes all 9 values of each of the n rows.
+    let values = unsafe {
+        crate::simd::filled_vec(n * 9, |values| {
+            for (i, out) in values.chunks_exact_mut(9).enumerate() {
+                for (o, col) in out.iter_mut().zip(&s) {
+                    o.write(col[i]);
+                }
+            }
+        })
+    };
     let nulls = cols.iter().fold(None::<NullBuffer>, |acc, c| {
         NullBuffer::union(acc.as_ref(), c.nulls())
     });

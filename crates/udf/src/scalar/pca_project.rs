@@ -34,23 +34,13 @@ pub fn pca_project_ref(x: &[f64; 9], mean: &[f64; 9], components: &[[f64; 9]; 9]
     c
 }
 
-/// Rows below which [`pca_project_kernel`] projects row by row.
-const SMALL_BATCH: usize = 64;
-
 /// Vectorised kernel for one basis shared by every row: a flat f64 output buffer, the
 /// input's validity bitmap.
 pub fn pca_project_kernel(f: &Filters<'_>, basis: &Basis) -> Result<FixedSizeListArray> {
-    let mut values = vec![0f64; f.len() * 9];
-    if f.len() < SMALL_BATCH {
-        // Few rows: the scalar product (the same bits on every CPU; the matrix product's
-        // kernel depends on the CPU's SIMD width).
-        for (i, out) in values.chunks_exact_mut(9).enumerate() {
-            out.copy_from_slice(&basis.project(&f.get(i)));
-        }
-    } else {
-        let mut rows = f.flat_f64().into_owned();
-        basis.project_rows(&mut rows, &mut values);
-    }
+    let mut values = match f.flat_f32() {
+        Some(rows) => basis.project_f32(rows),
+        None => basis.project_f64(&f.flat_f64()),
+    };
     if let Some(nulls) = f.nulls() {
         for i in nulls.iter().enumerate().filter(|(_, v)| !v).map(|(i, _)| i) {
             values[9 * i..9 * i + 9].fill(0.0);

@@ -61,27 +61,11 @@ fn return_type() -> DataType {
 /// and the row loop has no conversions. Float64 input is divided in f64.
 pub fn peak_scale_kernel(f: &Filters<'_>) -> Result<FixedSizeListArray> {
     let n = f.len();
-    let mut values = vec![0f32; n * 9];
-    if let Some(src) = f.flat_f32() {
-        for (out, x) in values.chunks_exact_mut(9).zip(src.chunks_exact(9)) {
-            let mut m = 0f32;
-            let mut nan = false;
-            for v in x {
-                let a = v.abs();
-                nan |= a.is_nan();
-                m = m.max(a);
-            }
-            if nan {
-                out.fill(f32::NAN);
-            } else if m == 0.0 {
-                out.copy_from_slice(x);
-            } else {
-                for (o, v) in out.iter_mut().zip(x) {
-                    *o = v / m;
-                }
-            }
-        }
+    let mut values = if let Some(src) = f.flat_f32() {
+        // SAFETY: the kernel writes every weight of every filter.
+        unsafe { crate::simd::filled_vec(n * 9, |o| crate::simd::peak_scale_f32(src, o)) }
     } else {
+        let mut values = vec![0f32; n * 9];
         for (i, out) in values.chunks_exact_mut(9).enumerate() {
             let x = f.get(i);
             let m = max_abs_nan(&x);
@@ -96,7 +80,8 @@ pub fn peak_scale_kernel(f: &Filters<'_>) -> Result<FixedSizeListArray> {
                 }
             }
         }
-    }
+        values
+    };
     if let Some(nulls) = f.nulls() {
         for i in (0..n).filter(|&i| nulls.is_null(i)) {
             values[9 * i..9 * i + 9].fill(0.0);
