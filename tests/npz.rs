@@ -15,7 +15,7 @@ use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 
 use crate::cli::values;
-use crate::common::{fails, ok, s};
+use crate::common::{fails, ok, query, s};
 
 /// Whether `python3 -c "import numpy"` works; panics under CI when it does not.
 fn numpy_or_skip() -> bool {
@@ -132,22 +132,6 @@ fn run_numpy(dir: &Path) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn query(store: &Path, sql: &str) -> Vec<arrow::array::RecordBatch> {
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(async {
-        let st = filterdb_store::Store::open(store).expect("open store");
-        let ctx = filterdb_sql::store_session(&st, None, &Default::default())
-            .await
-            .expect("session");
-        ctx.sql(sql)
-            .await
-            .expect("plan")
-            .collect()
-            .await
-            .expect("run")
-    })
 }
 
 fn strings(col: &dyn Array) -> Vec<String> {
