@@ -9,7 +9,7 @@ use half::f16;
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 
-use crate::common::{fails, fixture_store, ok, s, tree_state, zoo};
+use crate::common::{fails, fixture_store, ok, query, s, tree_state, zoo};
 
 /// Write a safetensors file of f32 tensors.
 pub fn write_st(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
@@ -73,22 +73,6 @@ pub fn tricky_model(path: &Path, salt: u32) -> HashMap<&'static str, Vec<f32>> {
         ("features.conv2.weight", l2),
         ("features.dw3.weight", dw),
     ])
-}
-
-fn query(store: &Path, sql: &str) -> Vec<arrow::array::RecordBatch> {
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(async {
-        let st = filterdb_store::Store::open(store).expect("open store");
-        let ctx = filterdb_sql::store_session(&st, None, &Default::default())
-            .await
-            .expect("session");
-        ctx.sql(sql)
-            .await
-            .expect("plan")
-            .collect()
-            .await
-            .expect("run")
-    })
 }
 
 /// Stored weights, in filter_id order, as f32 (exact for both precisions).

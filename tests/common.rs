@@ -44,6 +44,23 @@ pub fn fails(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Run `sql` over the latest version of `store` in-process; panics on any error.
+pub fn query(store: &Path, sql: &str) -> Vec<arrow::array::RecordBatch> {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let st = filterdb_store::Store::open(store).expect("open store");
+        let ctx = filterdb_sql::store_session(&st, None, &Default::default())
+            .await
+            .expect("session");
+        ctx.sql(sql)
+            .await
+            .expect("plan")
+            .collect()
+            .await
+            .expect("run")
+    })
+}
+
 /// A path as &str (test paths are UTF-8).
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 test path")

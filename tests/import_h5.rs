@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Float16Type, Float32Type, Int32Type, Int64Type};
 use half::f16;
 
-use crate::common::{fails, ok, run, s, tree_state};
+use crate::common::{fails, ok, query, run, s, tree_state};
 
 const GENERATOR: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -69,22 +69,6 @@ macro_rules! fixtures_or_skip {
             None => return,
         }
     };
-}
-
-fn query(store: &Path, sql: &str) -> Vec<RecordBatch> {
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(async {
-        let st = filterdb_store::Store::open(store).expect("open store");
-        let ctx = filterdb_sql::store_session(&st, None, &Default::default())
-            .await
-            .expect("session");
-        ctx.sql(sql)
-            .await
-            .expect("plan")
-            .collect()
-            .await
-            .expect("run")
-    })
 }
 
 /// Every cell of a query as text (for comparisons of meta columns).
@@ -302,6 +286,23 @@ fn table_format_f32_bit_exact_and_rerun_commits_nothing() {
     let out = import(&store, &fx.join("table.h5"), &["--fix-labels"]);
     assert!(
         out.contains("6 committed, 0 already stored, 0 failed"),
+        "{out}"
+    );
+    // each committed model's warnings are printed under it (issue 4)
+    let lines: Vec<&str> = out.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("committed") && l.contains("'unet_lits_12'"))
+        .unwrap_or_else(|| panic!("no committed line for unet_lits_12:\n{out}"));
+    let warnings: Vec<&str> = lines[at + 1..]
+        .iter()
+        .take_while(|l| l.starts_with("           warning["))
+        .copied()
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("warning[label_fix]: --fix-labels: task \"Semantic Segmentation\"")),
         "{out}"
     );
     assert!(out.contains("chunked 4096 x 9"), "{out}");

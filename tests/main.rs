@@ -5,6 +5,7 @@
 //! - `bad_input`: each malformed input gives a clear error and leaves the store unchanged;
 //! - `crash`: `kill -9` during ingest, repeated, never corrupts a store;
 //! - `concurrency`: two writers and readers on one store;
+//! - `report`: the validation report of every ingest (warning codes, `--allow-empty`);
 //! - `scan`: filterdb's scan of the filter files (pruning, other Parquet layouts).
 //!
 //! `FILTERDB_SLT_COMPLETE=1 cargo test --test integration slt` rewrites the `.slt`
@@ -18,5 +19,6 @@ mod concurrency;
 mod crash;
 mod import_h5;
 mod npz;
+mod report;
 mod scan;
 mod slt;

@@ -10,7 +10,7 @@
 //!
 //! - **One store model per `model_id`.** `name` = `model` (the release's unique string
 //!   id; `Name` if absent; `cnnfilterdb_<model_id>` if both are); a name that two model
-//!   ids share gets ` (model_id N)` appended. `architecture` = `Name`; `task` = `Task`;
+//!   ids share gets ` (model_id N)` appended (and a `duplicate_name` warning). `architecture` = `Name`; `task` = `Task`;
 //!   `training_dataset` / `pretraining_dataset` = `Training-Dataset` /
 //!   `Pretraining-Dataset`; `visual_category` = `Visual Category` (older copies:
 //!   `Datatype`); `depth` = `depth`; `kernel_shape_counts` = the `"(X, Y) filters"`
@@ -44,7 +44,7 @@
 //!   name fails (imports never replace).
 //! - **`--fix-labels`** applies the paper notebook's fix: every task containing
 //!   `Segmentation` becomes `Segmentation`. Each change is kept in `extra.label_fixes`
-//!   and in the model's report.
+//!   and as a `label_fix` warning in the model's report.
 //!
 //! Errors that concern one model (a range outside `/filters`, overlapping ranges, a
 //! non-numeric depth, non-finite weights, a name conflict) fail that model only; the
@@ -64,7 +64,9 @@ use crate::error::{IngestError, Result, error_chain};
 use crate::hdf5::{MetaTable, MetaValue, ReleaseFile, read_meta_file};
 use crate::normalise::VocabExtra;
 use crate::vocab::{KIND_TASK, KIND_VISUAL_CATEGORY, canonicalise, check_new_value};
-use crate::{KernelData, KernelLayout, LayerInput, ModelInput, ModelMeta};
+use crate::{
+    KernelData, KernelLayout, LayerInput, ModelInput, ModelMeta, ValidationReport, Warning,
+};
 
 /// `depth_rule` of layers whose depth the CNN Filter DB release gives.
 pub const DEPTH_RULE_RELEASE: &str = "cnnfilterdb";
@@ -170,8 +172,8 @@ pub struct ImportedModel {
     pub n_layers: u64,
     /// Filters stored.
     pub n_filters: u64,
-    /// Report lines.
-    pub report: Vec<String>,
+    /// The validation report as stored.
+    pub report: ValidationReport,
 }
 
 /// A model that was already stored.
@@ -563,23 +565,27 @@ pub fn plan_import(
         let mut ls = layers.remove(&id).unwrap_or_default();
         ls.sort_by_key(|l| l.start);
         let r0 = rows[0];
-        let mut report = vec![
-            format!(
-                "imported from the CNN Filter DB release {} (model_id {id}, {} meta row(s), \
-                 filters {})",
-                path.display(),
-                rows.len(),
-                filters_name
-            ),
+        let mut report = ValidationReport::default();
+        report.note(format!(
+            "imported from the CNN Filter DB release {} (model_id {id}, {} meta row(s), \
+             filters {})",
+            path.display(),
+            rows.len(),
+            filters_name
+        ));
+        report.note(
             "out/in channels are not in the release: out_channel = position in the layer's \
-             filter_ids range, in_channel = 0"
-                .to_owned(),
-        ];
+             filter_ids range, in_channel = 0",
+        );
         if shared {
-            report.push(format!(
-                "the name {base:?} is used by {} model ids in the release; stored as {name:?}",
-                uses[&base]
-            ));
+            report.warn(
+                Warning::DUPLICATE_NAME,
+                format!(
+                    "the name {base:?} is used by {} model ids in the release; stored as \
+                     {name:?}",
+                    uses[&base]
+                ),
+            );
         }
         // Model-level columns must agree between the model's rows; the first row wins.
         let differing: Vec<&str> = table
@@ -591,11 +597,14 @@ pub fn plan_import(
             .map(|(_, c)| c.as_str())
             .collect();
         if !differing.is_empty() {
-            report.push(format!(
-                "model column(s) differ between the model's meta rows, the first row's values \
-                 are used: {}",
-                differing.join(", ")
-            ));
+            report.warn(
+                Warning::RELEASE_MISMATCH,
+                format!(
+                    "model column(s) differ between the model's meta rows, the first row's \
+                     values are used: {}",
+                    differing.join(", ")
+                ),
+            );
         }
         let val = |c: &str| table.column(c).and_then(|i| text(&table.rows[r0][i]));
         let mut extra: BTreeMap<String, String> = BTreeMap::new();
@@ -638,9 +647,13 @@ pub fn plan_import(
         if let Some(&n3) = kernel_shape_counts.get("(3, 3)")
             && n3 != n_filters
         {
-            report.push(format!(
-                "the release's \"(3, 3) filters\" says {n3}, its filter_ids ranges hold {n_filters}"
-            ));
+            report.warn(
+                Warning::RELEASE_MISMATCH,
+                format!(
+                    "the release's \"(3, 3) filters\" says {n3}, its filter_ids ranges hold \
+                     {n_filters}"
+                ),
+            );
         }
         let total_counts: u64 = kernel_shape_counts.values().sum();
         for (c, key) in [
@@ -665,9 +678,13 @@ pub fn plan_import(
             };
             if (x - ours).abs() > 1e-9 * x.abs().max(1.0) {
                 extra.insert(key.to_owned(), x.to_string());
-                report.push(format!(
-                    "the release's {c} ({x}) differs from its \"(X, Y) filters\" columns ({ours})"
-                ));
+                report.warn(
+                    Warning::RELEASE_MISMATCH,
+                    format!(
+                        "the release's {c} ({x}) differs from its \"(X, Y) filters\" columns \
+                         ({ours})"
+                    ),
+                );
             }
         }
         let mut task = val(COL_TASK);
@@ -675,10 +692,13 @@ pub fn plan_import(
             && let Some(t) = &task
             && let Some(fixed) = fix_task_label(t)
         {
-            report.push(format!(
-                "--fix-labels: task {t:?} -> {fixed:?} (the paper's notebook: every task \
-                 containing \"Segmentation\" is Segmentation)"
-            ));
+            report.warn(
+                Warning::LABEL_FIX,
+                format!(
+                    "--fix-labels: task {t:?} -> {fixed:?} (the paper's notebook: every task \
+                     containing \"Segmentation\" is Segmentation)"
+                ),
+            );
             extra.insert(
                 "label_fixes".to_owned(),
                 serde_json::json!({ "Task": { "from": t, "to": fixed } }).to_string(),
@@ -686,10 +706,13 @@ pub fn plan_import(
             task = Some(fixed.to_owned());
         }
         if ls.len() == 1 || ls.iter().all(|l| l.conv_depth == ls[0].conv_depth) {
-            report.push(format!(
-                "single conv level: every layer has conv_depth {}",
-                ls[0].conv_depth
-            ));
+            report.warn(
+                Warning::SINGLE_CONV_LEVEL,
+                format!(
+                    "single conv level: every layer has conv_depth {}",
+                    ls[0].conv_depth
+                ),
+            );
         }
         let conv_tensors = operators
             .get("Conv")
@@ -941,7 +964,7 @@ fn import_model(
         staged.model_id(),
         staged.n_layers(),
         staged.n_filters(),
-        staged.report.clone(),
+        staged.report().clone(),
     );
     // The label fixes go into the commit's detail too, so the history shows them.
     let staged = match m.meta.extra.get("label_fixes") {
@@ -1170,9 +1193,9 @@ mod tests {
             p.models[0]
                 .meta
                 .report
-                .iter()
-                .any(|r| r.contains("single conv level"))
+                .has_warning(Warning::SINGLE_CONV_LEVEL)
         );
+        assert!(!b.meta.report.has_warning(Warning::SINGLE_CONV_LEVEL));
     }
 
     #[test]
@@ -1196,7 +1219,17 @@ mod tests {
         let m = &p.models[0];
         assert_eq!(m.meta.task.as_deref(), Some("Segmentation"));
         assert!(m.meta.extra["label_fixes"].contains("Semantic Segmentation"));
-        assert!(m.meta.report.iter().any(|r| r.contains("--fix-labels")));
+        let fix = m
+            .meta
+            .report
+            .warnings
+            .iter()
+            .find(|w| w.code == Warning::LABEL_FIX);
+        assert!(
+            fix.is_some_and(|w| w.message.contains("--fix-labels")),
+            "{:?}",
+            m.meta.report
+        );
     }
 
     #[test]
@@ -1289,6 +1322,18 @@ mod tests {
         assert_eq!(
             names,
             vec!["same (model_id 1)", "same (model_id 2)", "cnnfilterdb_9"]
+        );
+        // the shared name is a duplicate_name warning of both models, not of the third
+        let dup: Vec<bool> = p
+            .models
+            .iter()
+            .map(|m| m.meta.report.has_warning(Warning::DUPLICATE_NAME))
+            .collect();
+        assert_eq!(dup, [true, true, false]);
+        assert!(
+            p.models[0].meta.report.warnings[0]
+                .message
+                .contains("2 model ids")
         );
     }
 

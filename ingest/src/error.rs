@@ -176,7 +176,8 @@ pub enum IngestError {
     /// The file holds no rank-4 tensor with a 3x3 spatial kernel.
     #[error(
         "{path}: no 3x3 convolution weights found (layout {layout}); expected at least one \
-         rank-4 tensor with a 3x3 kernel; found: {found}"
+         rank-4 tensor with a 3x3 kernel; found: {found}. Pass --allow-empty to store the \
+         model without filters (its meta-parameters and kernel counts)"
     )]
     NoConvKernels {
         /// The file.

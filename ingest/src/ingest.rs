@@ -3,7 +3,8 @@
 //! A model is identified by the sha256 of its file: ingesting bytes that are already
 //! stored is a no-op that says so ([`IngestOutcome::AlreadyPresent`]), so re-running a
 //! manifest ingests only what is missing. A different file under a stored model's name
-//! is an error unless [`IngestOptions::replace`].
+//! is an error unless [`IngestOptions::replace`]; the replacing model's report then warns
+//! `duplicate_name`, naming the model it replaced.
 //!
 //! [`ingest_manifest`] reads, normalises and stages models on a rayon pool (staging only
 //! needs `&StoreWriter`), and commits them one at a time, in manifest order, on the
@@ -16,13 +17,15 @@ use std::sync::{PoisonError, RwLock, mpsc};
 
 use rayon::prelude::*;
 
-use filterdb_store::{CommitMode, Snapshot, StageOptions, StagedModel, StoreWriter};
+use filterdb_store::{
+    CommitMode, Snapshot, StageOptions, StagedModel, StoreWriter, ValidationReport, Warning,
+};
 
 use crate::card::{ModelOverrides, read_card};
 use crate::error::{IngestError, Result, error_chain};
 use crate::manifest::{ManifestRow, RowError};
-use crate::normalise::{VocabExtra, normalise, normalise_onnx};
-use crate::npy::{is_numpy_path, normalise_numpy, read_numpy};
+use crate::normalise::{NormaliseOptions, VocabExtra, normalise_onnx_with, normalise_with};
+use crate::npy::{is_numpy_path, normalise_numpy_with, read_numpy};
 use crate::onnx::{is_onnx_path, read_onnx};
 use crate::safetensors::read_safetensors;
 use crate::vocab::{KIND_TASK, KIND_VISUAL_CATEGORY};
@@ -34,6 +37,10 @@ pub struct IngestOptions {
     pub allow_nonfinite: bool,
     /// Replace a stored model of the same name (and other bytes) instead of failing.
     pub replace: bool,
+    /// Store a model without 3x3 kernels (or without convolutions) with its
+    /// meta-parameters and kernel counts, instead of failing with
+    /// [`IngestError::NoConvKernels`].
+    pub allow_empty: bool,
 }
 
 /// What [`ingest_one`] did.
@@ -51,8 +58,8 @@ pub enum IngestOutcome {
         n_layers: u64,
         /// Number of 3x3 filters stored.
         n_filters: u64,
-        /// Report lines (normaliser's and store's).
-        report: Vec<String>,
+        /// The validation report as stored (normaliser's and store's).
+        report: ValidationReport,
     },
     /// A model with the same sha256 is already stored; nothing was done.
     AlreadyPresent {
@@ -63,7 +70,7 @@ pub enum IngestOutcome {
     },
 }
 
-/// The store's user-added vocabulary, for [`normalise`].
+/// The store's user-added vocabulary, for [`normalise`](crate::normalise()).
 pub fn vocab_extra(snapshot: &Snapshot) -> VocabExtra {
     VocabExtra {
         tasks: snapshot.vocab_extra(KIND_TASK),
@@ -132,10 +139,14 @@ fn prepare(
     }
     let card = card.map(read_card).transpose()?;
     let vocab = vocab_extra(snap);
+    let nopts = NormaliseOptions {
+        allow_empty: opts.allow_empty,
+    };
+    let card = card.as_ref();
     let input = match &raw {
-        Raw::Onnx(m) => normalise_onnx(m, card.as_ref(), overrides, &vocab)?,
-        Raw::Safetensors(r) => normalise(r, card.as_ref(), overrides, &vocab)?,
-        Raw::Numpy(m) => normalise_numpy(m, card.as_ref(), overrides, &vocab)?,
+        Raw::Onnx(m) => normalise_onnx_with(m, card, overrides, &vocab, &nopts)?,
+        Raw::Safetensors(r) => normalise_with(r, card, overrides, &vocab, &nopts)?,
+        Raw::Numpy(m) => normalise_numpy_with(m, card, overrides, &vocab, &nopts)?,
     };
     check_name(snap, path, &input.meta.name, opts)?;
     let staged = writer
@@ -189,11 +200,29 @@ fn commit_prepared(
         });
     }
     let mode = check_name(writer.snapshot(), path, staged.name(), opts)?;
+    let mut staged = staged;
+    if let CommitMode::Replace { model_id } = mode
+        && let Some(old) = writer.snapshot().models.get(&model_id)
+    {
+        let warning = Warning::new(
+            Warning::DUPLICATE_NAME,
+            format!(
+                "replaced model_id {model_id} of the same name {:?} (sha256 {}, {} filters; \
+                 --replace)",
+                old.name,
+                &old.source_sha256[..old.source_sha256.len().min(12)],
+                old.n_filters
+            ),
+        );
+        staged
+            .add_warning(warning)
+            .map_err(store_err(path, "staging"))?;
+    }
     let model_id = staged.model_id();
     let name = staged.name().to_owned();
     let n_layers = staged.n_layers();
     let n_filters = staged.n_filters();
-    let report = staged.report.clone();
+    let report = staged.report().clone();
     let version = writer
         .commit(*staged, mode)
         .map_err(store_err(path, "committing"))?;
@@ -266,8 +295,8 @@ pub struct CommittedRow {
     pub n_layers: u64,
     /// 3x3 filters stored.
     pub n_filters: u64,
-    /// Report lines.
-    pub report: Vec<String>,
+    /// The validation report as stored.
+    pub report: ValidationReport,
 }
 
 /// A manifest row that needed no ingest.
@@ -554,13 +583,81 @@ mod tests {
             ..opts
         };
         let out = ingest_one(&mut w, &s.files[1], None, &same_name, &replace).unwrap();
-        assert!(matches!(out, IngestOutcome::Committed { .. }), "{out:?}");
+        let IngestOutcome::Committed { report, .. } = &out else {
+            panic!("expected Committed, got {out:?}");
+        };
+        // See: issue 4 (duplicate_name names the replaced model)
+        let dup: Vec<&Warning> = report
+            .warnings
+            .iter()
+            .filter(|w| w.code == Warning::DUPLICATE_NAME)
+            .collect();
+        assert_eq!(dup.len(), 1, "{report:?}");
+        let sha = store_sha(&s.files[0]);
+        assert!(
+            dup[0]
+                .message
+                .contains(&format!("replaced model_id {model_id} "))
+                && dup[0].message.contains(&sha[..12]),
+            "{dup:?}"
+        );
         assert!(
             w.snapshot()
                 .find_by_sha256(&store_sha(&s.files[0]))
                 .is_none()
         );
         assert!(w.snapshot().find_by_name(&name).is_some());
+    }
+
+    /// See: issue 4. `allow_empty` stores a model without 3x3 kernels; without it the
+    /// error names the flag.
+    #[test]
+    fn allow_empty_stores_models_without_layers() {
+        use crate::safetensors::tests::{build, f32_bytes};
+        let dir = tempfile::tempdir().unwrap();
+        let one = dir.path().join("one.safetensors");
+        std::fs::write(
+            &one,
+            build(&[("proj.weight", "F32", vec![4, 2, 1, 1], f32_bytes(8))]),
+        )
+        .unwrap();
+        let none = dir.path().join("none.safetensors");
+        std::fs::write(
+            &none,
+            build(&[("fc.weight", "F32", vec![3, 2], f32_bytes(6))]),
+        )
+        .unwrap();
+        let store = Store::init(dir.path().join("s"), Precision::F16).unwrap();
+        let mut w = store.writer(true).unwrap();
+        let o = ModelOverrides::default();
+        let e = ingest_one(&mut w, &one, None, &o, &IngestOptions::default()).unwrap_err();
+        assert!(matches!(e, IngestError::NoConvKernels { .. }), "{e}");
+        assert!(e.to_string().contains("--allow-empty"), "{e}");
+        let opts = IngestOptions {
+            allow_empty: true,
+            ..Default::default()
+        };
+        for (path, code, convs) in [
+            (&one, Warning::NO_3X3_KERNELS, 1),
+            (&none, Warning::NO_CONVOLUTIONS, 0),
+        ] {
+            let out = ingest_one(&mut w, path, None, &o, &opts).unwrap();
+            let IngestOutcome::Committed {
+                n_layers,
+                n_filters,
+                report,
+                ..
+            } = out
+            else {
+                panic!("expected Committed, got {out:?}");
+            };
+            assert_eq!((n_layers, n_filters), (0, 0));
+            let codes: Vec<&str> = report.warnings.iter().map(|w| w.code.as_str()).collect();
+            assert_eq!(codes, [code], "{report:?}");
+            assert_eq!((report.conv_tensors, report.layers_3x3), (convs, 0));
+        }
+        assert_eq!(w.snapshot().models.len(), 2);
+        assert_eq!(w.snapshot().n_filters(), 0);
     }
 
     fn store_sha(p: &Path) -> String {

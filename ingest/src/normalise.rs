@@ -11,6 +11,12 @@
 //!   card gives `conv_depth` for the layers (`"card"`, then for all 3x3 layers);
 //!   `conv_depth_norm` divides the level index by the number of levels - 1 (0 for a
 //!   single level).
+//! - Everything not stored goes into the model's [`ValidationReport`]: each skipped
+//!   tensor with its reason (the `SKIP_*` constants), and warnings with stable codes
+//!   ([`Warning`]). A file without 3x3 kernels is an error
+//!   ([`IngestError::NoConvKernels`]) unless [`NormaliseOptions::allow_empty`] is set;
+//!   then the model is stored without layers and warns `no_convolutions` or
+//!   `no_3x3_kernels`.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,7 +26,9 @@ use crate::error::{IngestError, Result};
 use crate::onnx::OnnxModel;
 use crate::safetensors::{RawModel, RawTensor};
 use crate::vocab::{KIND_TASK, KIND_VISUAL_CATEGORY, canonicalise};
-use crate::{KernelData, KernelLayout, LayerInput, ModelInput, ModelMeta};
+use crate::{
+    KernelData, KernelLayout, LayerInput, ModelInput, ModelMeta, ValidationReport, Warning,
+};
 
 /// `depth_rule` of layers ordered by tensor name.
 pub const DEPTH_RULE_NAME_ORDER: &str = "name_order";
@@ -28,6 +36,27 @@ pub const DEPTH_RULE_NAME_ORDER: &str = "name_order";
 pub const DEPTH_RULE_CARD: &str = "card";
 /// `depth_rule` of layers whose depth comes from the ONNX graph levels.
 pub const DEPTH_RULE_GRAPH: &str = "graph";
+
+/// Skip reason: a tensor that is not rank 4 (biases, norms, counters).
+pub const SKIP_NOT_RANK4: &str = "not rank 4: not a convolution weight";
+/// Skip reason: a rank-4 tensor with a zero dimension (no filters).
+pub const SKIP_ZERO_DIM: &str = "rank 4 with a zero dimension: no filters";
+/// Skip reason: a convolution whose kernel is not 3x3.
+pub const SKIP_NOT_3X3: &str = "kernel not 3x3: counted in kernel_shape_counts, not stored";
+/// Skip reason: a 3x3 ONNX Conv weight whose node has no graph level.
+pub const SKIP_NO_GRAPH_LEVEL: &str =
+    "3x3, but its Conv node has no graph level (reached only from constants)";
+/// Skip reason: an ONNX Conv whose weight is not rank 4 (1-D or 3-D convolutions).
+pub const SKIP_CONV_NOT_2D: &str = "Conv weight not rank 4: not a 2-D convolution";
+
+/// Options of [`normalise_with`] and the other `*_with` normalisers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NormaliseOptions {
+    /// Accept a model without 3x3 kernels (or without convolutions): it gets no layers
+    /// and the warning `no_3x3_kernels` / `no_convolutions` instead of
+    /// [`IngestError::NoConvKernels`] (`filterdb ingest --allow-empty`).
+    pub allow_empty: bool,
+}
 
 /// Graph facts of one convolution tensor (ONNX).
 #[derive(Debug, Clone, Copy)]
@@ -43,11 +72,13 @@ struct Source<'a> {
     sha256: &'a str,
     file_bytes: u64,
     format: &'static str,
-    report: Vec<String>,
+    report: ValidationReport,
     /// Tensors in layer order, with graph facts for graph formats.
     tensors: Vec<(RawTensor<'a>, Option<GraphLayer>)>,
     /// Number of graph levels (graph formats).
     depth: Option<i64>,
+    /// Number of graph levels holding a convolution (graph formats).
+    conv_levels: Option<usize>,
     /// Extra model fields from the file (producer, opset, ...).
     extra: BTreeMap<String, String>,
 }
@@ -120,7 +151,8 @@ fn list_examples<'s>(items: impl Iterator<Item = String> + 's, max: usize) -> St
 /// user-added vocabulary values. The layers borrow their bytes from `raw`.
 ///
 /// # Errors
-/// [`IngestError::NoConvKernels`] if no rank-4 tensor has a 3x3 kernel;
+/// [`IngestError::NoConvKernels`] if no rank-4 tensor has a 3x3 kernel (see
+/// [`normalise_with`] to accept such models);
 /// [`IngestError::UnknownVocabulary`] for a task or visual category not in the
 /// vocabulary; [`IngestError::CardLayers`] if the card names tensors the file lacks,
 /// gives `conv_depth` for only some 3x3 layers, or gives `groups` that do not divide the
@@ -131,17 +163,32 @@ pub fn normalise<'a>(
     overrides: &ModelOverrides,
     vocab: &VocabExtra,
 ) -> Result<ModelInput<'a>> {
+    normalise_with(raw, card, overrides, vocab, &NormaliseOptions::default())
+}
+
+/// [`normalise`] with options (e.g. [`NormaliseOptions::allow_empty`]).
+///
+/// # Errors
+/// As [`normalise`]; with `allow_empty`, no [`IngestError::NoConvKernels`].
+pub fn normalise_with<'a>(
+    raw: &'a RawModel,
+    card: Option<&ModelCard>,
+    overrides: &ModelOverrides,
+    vocab: &VocabExtra,
+    opts: &NormaliseOptions,
+) -> Result<ModelInput<'a>> {
     let src = Source {
         path: raw.path(),
         sha256: raw.sha256(),
         file_bytes: raw.file_bytes(),
         format: "safetensors",
-        report: raw.report().to_vec(),
+        report: raw.report().clone(),
         tensors: raw.tensors().map(|t| (t, None)).collect(),
         depth: None,
+        conv_levels: None,
         extra: BTreeMap::new(),
     };
-    normalise_source(src, card, overrides, vocab)
+    normalise_source(src, card, overrides, vocab, opts)
 }
 
 fn st_dtype(d: crate::SourceDtype) -> safetensors::Dtype {
@@ -172,6 +219,20 @@ pub fn normalise_onnx<'a>(
     overrides: &ModelOverrides,
     vocab: &VocabExtra,
 ) -> Result<ModelInput<'a>> {
+    normalise_onnx_with(model, card, overrides, vocab, &NormaliseOptions::default())
+}
+
+/// [`normalise_onnx`] with options (e.g. [`NormaliseOptions::allow_empty`]).
+///
+/// # Errors
+/// As [`normalise_onnx`]; with `allow_empty`, no [`IngestError::NoConvKernels`].
+pub fn normalise_onnx_with<'a>(
+    model: &'a OnnxModel,
+    card: Option<&ModelCard>,
+    overrides: &ModelOverrides,
+    vocab: &VocabExtra,
+    opts: &NormaliseOptions,
+) -> Result<ModelInput<'a>> {
     let mut report = model.report.clone();
     let mut seen = BTreeSet::new();
     let mut shared = Vec::new();
@@ -197,11 +258,15 @@ pub fn normalise_onnx<'a>(
         ));
     }
     if !shared.is_empty() {
-        report.push(format!(
-            "{} Conv node(s) reuse a weight tensor already stored for an earlier node: {}",
-            shared.len(),
-            list_examples(shared.into_iter(), 5)
-        ));
+        report.warn(
+            Warning::SHARED_WEIGHT,
+            format!(
+                "{} Conv node(s) reuse a weight tensor already stored for an earlier node \
+                 (stored once, with the first node's depth): {}",
+                shared.len(),
+                list_examples(shared.into_iter(), 5)
+            ),
+        );
     }
     let json = |v: serde_json::Value| v.to_string();
     let mut extra = BTreeMap::new();
@@ -248,9 +313,10 @@ pub fn normalise_onnx<'a>(
         report,
         tensors,
         depth: Some(model.depth),
+        conv_levels: Some(model.conv_levels),
         extra,
     };
-    normalise_source(src, card, overrides, vocab)
+    normalise_source(src, card, overrides, vocab, opts)
 }
 
 fn normalise_source<'a>(
@@ -258,14 +324,18 @@ fn normalise_source<'a>(
     card: Option<&ModelCard>,
     overrides: &ModelOverrides,
     vocab: &VocabExtra,
+    opts: &NormaliseOptions,
 ) -> Result<ModelInput<'a>> {
     let no_card = ModelOverrides::default();
     let fields = overrides.or(card.map_or(&no_card, |c| &c.fields));
     let graph = src.depth.is_some();
-    let mut report: Vec<String> = src.report.clone();
+    let mut report = src.report.clone();
     let layout = if graph {
         if fields.layout == Some(KernelLayout::Hwio) {
-            report.push("layout hwio ignored: ONNX Conv weights are oihw".to_owned());
+            report.warn(
+                Warning::LAYOUT_IGNORED,
+                "layout hwio ignored: ONNX Conv weights are oihw",
+            );
         }
         KernelLayout::Oihw
     } else {
@@ -277,14 +347,13 @@ fn normalise_source<'a>(
     let mut layers3: Vec<(RawTensor<'a>, ConvDims)> = Vec::new();
     let mut graph3: Vec<Option<GraphLayer>> = Vec::new();
     let mut positions: Vec<i64> = Vec::new();
-    let mut other_kernels: Vec<String> = Vec::new();
-    let mut empty: Vec<String> = Vec::new();
+    let mut other_kernels = 0usize;
     for &(t, g) in &src.tensors {
         let Some(d) = conv_dims(t.shape, layout) else {
             continue;
         };
         if t.shape.contains(&0) {
-            empty.push(format!("{} {:?}", t.name, t.shape));
+            report.skip(t.name, t.shape, &t.dtype.to_string(), SKIP_ZERO_DIM);
             continue;
         }
         let position = conv_tensors;
@@ -297,36 +366,43 @@ fn normalise_source<'a>(
             graph3.push(g);
             positions.push(position as i64);
         } else {
-            other_kernels.push(format!("{} {:?}", t.name, t.shape));
+            other_kernels += 1;
+            report.skip(t.name, t.shape, &t.dtype.to_string(), SKIP_NOT_3X3);
         }
     }
-    if !empty.is_empty() {
-        report.push(format!(
-            "skipped {} rank-4 tensor(s) with a zero dimension: {}",
-            empty.len(),
-            list_examples(empty.into_iter(), 5)
-        ));
-    }
-    if !other_kernels.is_empty() {
-        report.push(format!(
-            "{} convolution tensor(s) with kernels other than 3x3 counted in \
-             kernel_shape_counts but not stored ({}): {}",
-            other_kernels.len(),
-            layout_name(layout),
-            list_examples(other_kernels.into_iter(), 5)
-        ));
+    if other_kernels > 0 && layout == KernelLayout::Hwio {
+        report.note("kernel sizes read in the hwio layout ([kh, kw, in, out])");
     }
     if layers3.is_empty() {
-        return Err(IngestError::NoConvKernels {
-            path: src.path.to_owned(),
-            layout: layout_name(layout),
-            found: list_examples(
-                src.tensors
-                    .iter()
-                    .map(|(t, _)| format!("{} {:?} {}", t.name, t.shape, t.dtype)),
-                8,
-            ),
-        });
+        if !opts.allow_empty {
+            return Err(IngestError::NoConvKernels {
+                path: src.path.to_owned(),
+                layout: layout_name(layout),
+                found: list_examples(
+                    src.tensors
+                        .iter()
+                        .map(|(t, _)| format!("{} {:?} {}", t.name, t.shape, t.dtype)),
+                    8,
+                ),
+            });
+        }
+        if conv_tensors == 0 {
+            report.warn(
+                Warning::NO_CONVOLUTIONS,
+                "no convolution (rank-4) tensors: stored with its meta-parameters only \
+                 (--allow-empty)",
+            );
+        } else {
+            report.warn(
+                Warning::NO_3X3_KERNELS,
+                format!(
+                    "{conv_tensors} convolution tensor(s), none with a 3x3 kernel \
+                     ({}): stored with its meta-parameters and kernel_shape_counts only \
+                     (--allow-empty)",
+                    layout_name(layout)
+                ),
+            );
+        }
     }
 
     // Card per-layer entries.
@@ -370,14 +446,16 @@ fn normalise_source<'a>(
                     .collect(),
             };
             if conv_levels.map_or(levels.len() == 1, |t| t == 1) {
-                report.push("single conv level: conv_depth_norm is 0 for every layer".to_owned());
+                report.warn(
+                    Warning::SINGLE_CONV_LEVEL,
+                    "single conv level (card): conv_depth_norm is 0 for every layer",
+                );
             }
             (depths, norm, DEPTH_RULE_CARD)
         }
         None if graph => {
             let mut d = Vec::with_capacity(layers3.len());
             let mut norm = Vec::with_capacity(layers3.len());
-            let mut no_level = Vec::new();
             for (i, g) in graph3.iter().enumerate() {
                 match g.and_then(|g| g.conv_depth.zip(g.conv_depth_norm)) {
                     Some((cd, n)) => {
@@ -386,19 +464,18 @@ fn normalise_source<'a>(
                     }
                     None => {
                         skip[i] = true;
-                        no_level.push(layers3[i].0.name.to_owned());
+                        let t = &layers3[i].0;
+                        report.skip(t.name, t.shape, &t.dtype.to_string(), SKIP_NO_GRAPH_LEVEL);
                         d.push(0);
                         norm.push(0.0);
                     }
                 }
             }
-            if !no_level.is_empty() {
-                report.push(format!(
-                    "{} 3x3 layer(s) not stored: their Conv has no graph level (reached \
-                     only from constants): {}",
-                    no_level.len(),
-                    list_examples(no_level.into_iter(), 5)
-                ));
+            if src.conv_levels == Some(1) && skip.iter().any(|s| !s) {
+                report.warn(
+                    Warning::SINGLE_CONV_LEVEL,
+                    "single conv level in the graph: conv_depth_norm is 0 for every layer",
+                );
             }
             (d, norm, DEPTH_RULE_GRAPH)
         }
@@ -406,11 +483,20 @@ fn normalise_source<'a>(
             // Every convolution (any kernel size) is a level, as in the paper's graph
             // rule; the 3x3 layers take their position among them.
             let n = conv_tensors as usize;
-            report.push(
-                "conv_depth from the natural order of tensor names, not from a graph".to_owned(),
-            );
-            if n == 1 {
-                report.push("single conv level: conv_depth_norm is 0".to_owned());
+            if !layers3.is_empty() {
+                report.warn(
+                    Warning::DEPTH_FROM_NAME_ORDER,
+                    format!(
+                        "conv_depth from the natural order of tensor names, not from a \
+                         graph ({n} conv levels)"
+                    ),
+                );
+            }
+            if n == 1 && !layers3.is_empty() {
+                report.warn(
+                    Warning::SINGLE_CONV_LEVEL,
+                    "single conv level: conv_depth_norm is 0",
+                );
             }
             let norm = positions
                 .iter()
@@ -448,6 +534,25 @@ fn normalise_source<'a>(
                 bytes: Cow::Borrowed(t.bytes),
             },
         });
+    }
+
+    if layers.is_empty() && !layers3.is_empty() {
+        // Every 3x3 Conv lacked a graph level.
+        let found = format!(
+            "{} 3x3 Conv weight(s), none on a graph level (reached only from constants)",
+            layers3.len()
+        );
+        if !opts.allow_empty {
+            return Err(IngestError::NoConvKernels {
+                path: src.path.to_owned(),
+                layout: layout_name(layout),
+                found,
+            });
+        }
+        report.warn(
+            Warning::NO_3X3_KERNELS,
+            format!("{found}: stored with its meta-parameters only (--allow-empty)"),
+        );
     }
 
     let task = fields
@@ -624,10 +729,23 @@ mod tests {
         assert_eq!(m.layers[2].in_channels, 2);
         assert_eq!(m.n_filters(), 18);
         assert_eq!(&*m.layers[0].weights.bytes, &f32_bytes(54)[..]);
-        let report = m.meta.report.join("\n");
-        assert!(report.contains("fc.weight [10, 4]"), "{report}");
-        assert!(report.contains("down.weight [4, 2, 1, 1]"), "{report}");
-        assert!(report.contains("not from a graph"), "{report}");
+        let report = &m.meta.report;
+        let skipped: Vec<(String, &str)> = report
+            .skipped
+            .iter()
+            .map(|t| (t.describe(), t.reason.as_str()))
+            .collect();
+        assert_eq!(
+            skipped,
+            [
+                ("fc.weight [10, 4] F32".to_owned(), SKIP_NOT_RANK4),
+                ("down.weight [4, 2, 1, 1] F32".to_owned(), SKIP_NOT_3X3)
+            ],
+            "{report:?}"
+        );
+        let codes: Vec<&str> = report.warnings.iter().map(|w| w.code.as_str()).collect();
+        assert_eq!(codes, [Warning::DEPTH_FROM_NAME_ORDER], "{report:?}");
+        assert!(report.warnings[0].message.contains("not from a graph"));
     }
 
     #[test]
@@ -651,12 +769,7 @@ mod tests {
             (m.layers[0].conv_depth, m.layers[0].conv_depth_norm),
             (0, 0.0)
         );
-        assert!(
-            !m.meta
-                .report
-                .iter()
-                .any(|l| l.contains("single conv level"))
-        );
+        assert!(!m.meta.report.has_warning(Warning::SINGLE_CONV_LEVEL));
         // the same file read as OIHW sees conv_b as the 3x3 layer
         let m = normalise(&r, None, &ModelOverrides::default(), &VocabExtra::default()).unwrap();
         assert_eq!(m.layers[0].layer_name, "conv_b");
@@ -675,6 +788,79 @@ mod tests {
         assert!(matches!(e, IngestError::NoConvKernels { .. }));
         assert!(msg.contains("zoo/net.safetensors"), "{msg}");
         assert!(msg.contains("a.weight [4, 2, 1, 1] F32"), "{msg}");
+        assert!(msg.contains("--allow-empty"), "{msg}");
+
+        // allowed: no layers, the kernel counts, and the warning
+        let allow = NormaliseOptions { allow_empty: true };
+        let m = normalise_with(
+            &r,
+            None,
+            &ModelOverrides::default(),
+            &VocabExtra::default(),
+            &allow,
+        )
+        .unwrap();
+        assert!(m.layers.is_empty());
+        assert_eq!(m.meta.conv_tensors, 1);
+        assert_eq!(m.meta.kernel_shape_counts["(1, 1)"], 8);
+        let codes: Vec<&str> = m
+            .meta
+            .report
+            .warnings
+            .iter()
+            .map(|w| w.code.as_str())
+            .collect();
+        assert_eq!(codes, [Warning::NO_3X3_KERNELS], "{:?}", m.meta.report);
+        assert_eq!(m.meta.report.skipped.len(), 2);
+    }
+
+    #[test]
+    fn no_convolutions_at_all() {
+        let r = raw(&[("fc.weight", "F32", vec![10, 4], f32_bytes(40))]);
+        let e =
+            normalise(&r, None, &ModelOverrides::default(), &VocabExtra::default()).unwrap_err();
+        assert!(matches!(e, IngestError::NoConvKernels { .. }), "{e}");
+        let allow = NormaliseOptions { allow_empty: true };
+        let m = normalise_with(
+            &r,
+            None,
+            &ModelOverrides::default(),
+            &VocabExtra::default(),
+            &allow,
+        )
+        .unwrap();
+        assert!(m.layers.is_empty());
+        assert_eq!(m.meta.conv_tensors, 0);
+        assert!(m.meta.kernel_shape_counts.is_empty());
+        let codes: Vec<&str> = m
+            .meta
+            .report
+            .warnings
+            .iter()
+            .map(|w| w.code.as_str())
+            .collect();
+        // no depth warning either: there are no layers to have a depth
+        assert_eq!(codes, [Warning::NO_CONVOLUTIONS], "{:?}", m.meta.report);
+    }
+
+    #[test]
+    fn single_conv_level_and_zero_dimension() {
+        let r = raw(&[
+            ("only.weight", "F32", vec![2, 1, 3, 3], f32_bytes(18)),
+            ("void.weight", "F32", vec![0, 1, 3, 3], Vec::new()),
+        ]);
+        let m = normalise(&r, None, &ModelOverrides::default(), &VocabExtra::default()).unwrap();
+        assert_eq!(m.layers.len(), 1);
+        assert_eq!(m.meta.conv_tensors, 1);
+        let report = &m.meta.report;
+        assert!(report.has_warning(Warning::SINGLE_CONV_LEVEL), "{report:?}");
+        assert!(
+            report.has_warning(Warning::DEPTH_FROM_NAME_ORDER),
+            "{report:?}"
+        );
+        assert_eq!(report.skipped.len(), 1);
+        assert_eq!(report.skipped[0].tensor, "void.weight");
+        assert_eq!(report.skipped[0].reason, SKIP_ZERO_DIM);
     }
 
     #[test]
@@ -713,6 +899,9 @@ conv_depth = 4
             .collect();
         assert_eq!(d, vec![(0, 0.0, 1), (4, 1.0, 2), (4, 1.0, 1)]);
         assert!(m.layers.iter().all(|l| l.depth_rule == "card"));
+        // depths from the card: no name-order warning
+        assert!(!m.meta.report.has_warning(Warning::DEPTH_FROM_NAME_ORDER));
+        assert!(!m.meta.report.has_warning(Warning::SINGLE_CONV_LEVEL));
     }
 
     #[test]

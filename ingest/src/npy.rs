@@ -33,11 +33,11 @@ use std::path::Path;
 use memmap2::Mmap;
 use sha2::{Digest, Sha256};
 
-use crate::ModelInput;
 use crate::card::{ModelCard, ModelOverrides, io_error};
 use crate::error::{IngestError, Result};
-use crate::normalise::{VocabExtra, normalise};
+use crate::normalise::{NormaliseOptions, SKIP_NOT_RANK4, VocabExtra, normalise_with};
 use crate::safetensors::RawModel;
+use crate::{ModelInput, SkippedTensor, ValidationReport};
 
 /// The first six bytes of every `.npy` array.
 const MAGIC: &[u8; 6] = b"\x93NUMPY";
@@ -58,8 +58,7 @@ pub struct NumpyModel {
     format: &'static str,
     sha256: String,
     file_bytes: u64,
-    report: Vec<String>,
-    skipped: Vec<String>,
+    report: ValidationReport,
 }
 
 impl std::fmt::Debug for NumpyModel {
@@ -70,7 +69,7 @@ impl std::fmt::Debug for NumpyModel {
             .field("sha256", &self.sha256)
             .field("file_bytes", &self.file_bytes)
             .field("tensors", &self.raw.len())
-            .field("skipped", &self.skipped.len())
+            .field("skipped", &self.report.skipped.len())
             .finish()
     }
 }
@@ -98,8 +97,8 @@ impl NumpyModel {
         self.file_bytes
     }
 
-    /// Report lines from reading (arrays skipped and why, bytes ignored).
-    pub fn report(&self) -> &[String] {
+    /// What reading found: arrays skipped (not rank 4), bytes ignored.
+    pub fn report(&self) -> &ValidationReport {
         &self.report
     }
 }
@@ -153,7 +152,7 @@ pub fn read_npz(path: &Path) -> Result<NumpyModel> {
 
     // Pass 1: every member's header (a few hundred bytes each, even when deflated).
     let mut arrays: Vec<Member> = Vec::new();
-    let mut skipped: Vec<String> = Vec::new();
+    let mut skipped: Vec<SkippedTensor> = Vec::new();
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
     for index in 0..zip.len() {
         let mut file = zip
@@ -211,7 +210,7 @@ pub fn read_npz(path: &Path) -> Result<NumpyModel> {
 
     // Pass 2: lay the tensors out as one safetensors buffer and read each member's data
     // straight into its place.
-    let mut report = Vec::new();
+    let mut report = ValidationReport::default();
     let (mut buf, ranges) = layout(&arrays).map_err(|d| fail(None, d))?;
     let mut trailing = Vec::new();
     for (a, &(start, end)) in arrays.iter().zip(&ranges) {
@@ -236,7 +235,7 @@ pub fn read_npz(path: &Path) -> Result<NumpyModel> {
         }
     }
     if !trailing.is_empty() {
-        report.push(format!(
+        report.note(format!(
             "ignored bytes after the array data of {} member(s), as numpy.load does: {}",
             trailing.len(),
             trailing.join(", ")
@@ -276,14 +275,14 @@ pub fn read_npy(path: &Path) -> Result<NumpyModel> {
             data.len()
         )));
     }
-    let mut report = Vec::new();
+    let mut report = ValidationReport::default();
     let mut skipped = Vec::new();
     let mut arrays = Vec::new();
     match classify(&header).map_err(fail)? {
         Use::Tensor => {
             let rest = data.len() as u64 - want;
             if rest > 0 {
-                report.push(format!(
+                report.note(format!(
                     "ignored {rest} bytes after the array data, as numpy.load does"
                 ));
             }
@@ -320,13 +319,30 @@ pub fn normalise_numpy<'a>(
     overrides: &ModelOverrides,
     vocab: &VocabExtra,
 ) -> Result<ModelInput<'a>> {
-    let mut input = normalise(&model.raw, card, overrides, vocab).map_err(|e| match e {
+    normalise_numpy_with(model, card, overrides, vocab, &NormaliseOptions::default())
+}
+
+/// [`normalise_numpy`] with options (e.g. [`NormaliseOptions::allow_empty`]).
+///
+/// # Errors
+/// As [`normalise_numpy`].
+pub fn normalise_numpy_with<'a>(
+    model: &'a NumpyModel,
+    card: Option<&ModelCard>,
+    overrides: &ModelOverrides,
+    vocab: &VocabExtra,
+    opts: &NormaliseOptions,
+) -> Result<ModelInput<'a>> {
+    let skipped = &model.report.skipped;
+    let raw = normalise_with(&model.raw, card, overrides, vocab, opts);
+    let mut input = raw.map_err(|e| match e {
         IngestError::NoConvKernels {
             path,
             layout,
             found,
-        } if !model.skipped.is_empty() => {
-            let others = list(&model.skipped, 8);
+        } if !skipped.is_empty() => {
+            let described: Vec<String> = skipped.iter().map(SkippedTensor::describe).collect();
+            let others = list(&described, 8);
             let found = if model.raw.is_empty() {
                 others
             } else {
@@ -343,7 +359,7 @@ pub fn normalise_numpy<'a>(
     input.meta.source_format = model.format.to_owned();
     input.meta.source_sha256.clone_from(&model.sha256);
     input.meta.source_bytes = model.file_bytes;
-    input.meta.report.splice(0..0, model.report.iter().cloned());
+    input.meta.report.prepend(model.report.clone());
     Ok(input)
 }
 
@@ -576,8 +592,13 @@ fn classify(h: &Header) -> std::result::Result<Use, String> {
     Ok(Use::Tensor)
 }
 
-fn describe(name: &str, h: &Header) -> String {
-    format!("{name} {:?} {}", h.shape, h.dtype.name())
+fn describe(name: &str, h: &Header) -> SkippedTensor {
+    SkippedTensor {
+        tensor: name.to_owned(),
+        shape: h.shape.clone(),
+        dtype: h.dtype.name(),
+        reason: SKIP_NOT_RANK4.to_owned(),
+    }
 }
 
 /// Reads the magic, version, length and header text from `r` (at the start of an
@@ -813,19 +834,10 @@ fn finish(
     sha256: String,
     file_bytes: usize,
     buf: &mut Vec<u8>,
-    mut report: Vec<String>,
-    skipped: Vec<String>,
+    mut report: ValidationReport,
+    skipped: Vec<SkippedTensor>,
 ) -> Result<NumpyModel> {
-    if !skipped.is_empty() {
-        report.insert(
-            0,
-            format!(
-                "skipped {} array(s) that are not rank 4, so not convolution weights: {}",
-                skipped.len(),
-                list(&skipped, 5)
-            ),
-        );
-    }
+    report.skipped.splice(0..0, skipped);
     let raw = RawModel::from_bytes(path, std::mem::take(buf))?;
     Ok(NumpyModel {
         raw,
@@ -833,7 +845,6 @@ fn finish(
         sha256,
         file_bytes: file_bytes as u64,
         report,
-        skipped,
     })
 }
 
@@ -1194,13 +1205,27 @@ mod tests {
             let t = m.raw().tensors().next().unwrap();
             assert_eq!(t.shape, [3, 2, 3, 3]);
             assert_eq!(t.source_dtype, Some(crate::SourceDtype::F32));
-            assert!(
-                m.report()[0].contains("skipped 2 array(s) that are not rank 4"),
+            let skipped: Vec<String> = m
+                .report()
+                .skipped
+                .iter()
+                .map(SkippedTensor::describe)
+                .collect();
+            assert_eq!(
+                skipped,
+                [
+                    "features.2.bias [3] float32",
+                    "bn.num_batches_tracked [] int64"
+                ],
                 "{:?}",
                 m.report()
             );
-            assert!(m.report()[0].contains("bn.num_batches_tracked [] int64"));
-            assert!(m.report()[0].contains("features.2.bias [3] float32"));
+            assert!(
+                m.report()
+                    .skipped
+                    .iter()
+                    .all(|t| t.reason == SKIP_NOT_RANK4)
+            );
         }
     }
 
@@ -1429,11 +1454,13 @@ mod tests {
         assert_eq!(input.meta.source_format, "npz");
         assert_eq!(input.meta.source_sha256, hex(&Sha256::digest(&bytes)));
         assert_eq!(input.meta.source_bytes, bytes.len() as u64);
-        assert!(
-            input.meta.report[0].starts_with("skipped 1 array(s)"),
+        assert_eq!(
+            input.meta.report.skipped.len(),
+            1,
             "{:?}",
             input.meta.report
         );
+        assert_eq!(input.meta.report.skipped[0].reason, SKIP_NOT_RANK4);
         assert_eq!(input.layers.len(), 1);
         assert_eq!(input.layers[0].layer_name, "w");
 

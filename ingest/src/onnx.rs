@@ -24,9 +24,10 @@ use std::path::{Component, Path, PathBuf};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-use crate::SourceDtype;
 use crate::card::io_error;
 use crate::error::{IngestError, Result};
+use crate::normalise::SKIP_CONV_NOT_2D;
+use crate::{SourceDtype, ValidationReport, Warning};
 
 /// The subset of the ONNX IR (`onnx.proto`) filterdb reads; field numbers as in the spec.
 pub mod proto {
@@ -292,8 +293,8 @@ pub struct OnnxModel {
     pub conv_levels: usize,
     /// The rank-4 Convs, in graph order.
     pub convs: Vec<OnnxConv>,
-    /// Report lines from reading.
-    pub report: Vec<String>,
+    /// What reading found: Conv nodes skipped, nodes without a graph level.
+    pub report: ValidationReport,
 }
 
 fn bad(path: &Path, what: impl Into<String>, detail: impl Into<String>) -> IngestError {
@@ -344,7 +345,7 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<OnnxModel> {
     let Some(graph) = model.graph.as_ref() else {
         return Err(bad(path, "graph", "the ONNX model has no graph"));
     };
-    let mut report = Vec::new();
+    let mut report = ValidationReport::default();
     let mut op_counts: BTreeMap<String, u64> = BTreeMap::new();
     for n in &graph.node {
         *op_counts.entry(n.op_type.clone()).or_insert(0) += 1;
@@ -411,7 +412,8 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<OnnxModel> {
             ));
         };
         if t.dims.len() != 4 {
-            not_2d.push(format!("{node_name} {:?}", t.dims));
+            let dims: Vec<usize> = t.dims.iter().map(|&d| d.max(0) as usize).collect();
+            not_2d.push((format!("{wname} (Conv {node_name})"), dims));
             continue;
         }
         let shape = t
@@ -491,12 +493,8 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<OnnxModel> {
             conv_depth_norm: None,
         });
     }
-    if !not_2d.is_empty() {
-        report.push(format!(
-            "skipped {} Conv node(s) whose weight is not rank 4 (not 2-D convolutions): {}",
-            not_2d.len(),
-            not_2d.join(", ")
-        ));
+    for (name, dims) in &not_2d {
+        report.skip(name, dims, "", SKIP_CONV_NOT_2D);
     }
     let conv_levels: Vec<i64> = convs
         .iter()
@@ -521,11 +519,14 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<OnnxModel> {
         }
     }
     if !no_level.is_empty() {
-        report.push(format!(
-            "{} Conv node(s) are reached only from constants and have no graph level: {}",
-            no_level.len(),
-            no_level.join(", ")
-        ));
+        report.warn(
+            Warning::NO_GRAPH_LEVEL,
+            format!(
+                "{} Conv node(s) are reached only from constants and have no graph level: {}",
+                no_level.len(),
+                no_level.join(", ")
+            ),
+        );
     }
     let mut opsets = BTreeMap::new();
     for o in &model.opset_import {
@@ -1116,11 +1117,7 @@ mod tests {
         let names: Vec<&str> = input.layers.iter().map(|l| l.layer_name.as_str()).collect();
         assert_eq!(names, vec!["w", "w4"]);
         assert!(
-            input
-                .meta
-                .report
-                .iter()
-                .any(|r| r.contains("reuse a weight")),
+            input.meta.report.has_warning(Warning::SHARED_WEIGHT),
             "{:?}",
             input.meta.report
         );
@@ -1145,6 +1142,67 @@ mod tests {
         // the Constant has no level
         assert_eq!(om.depth, 1);
         assert_eq!(om.nodes_with_level, 1);
+    }
+
+    #[test]
+    fn report_codes_of_onnx() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut k = node("Constant", "k", &[], &["cin"]);
+        k.attribute = vec![AttributeProto {
+            name: "value".to_owned(),
+            r#type: 4,
+            t: Some(tensor("", &[1, 3, 4, 4], 0.5)),
+            ..Default::default()
+        }];
+        let m = model(
+            vec![
+                k,
+                node("Conv", "only", &["x", "w"], &["y"]),
+                node("Conv", "dead", &["cin", "wd"], &["z"]),
+                node("Conv", "c1d", &["x", "w1d"], &["q"]),
+            ],
+            vec![
+                tensor("w", &[2, 1, 3, 3], 0.1),
+                tensor("wd", &[2, 3, 3, 3], 0.1),
+                tensor("w1d", &[2, 1, 3], 0.1),
+            ],
+        );
+        let om = read_onnx(&write(dir.path(), "r.onnx", &m)).unwrap();
+        assert!(
+            om.report.has_warning(Warning::NO_GRAPH_LEVEL),
+            "{:?}",
+            om.report
+        );
+        let hwio = ModelOverrides {
+            layout: Some(crate::KernelLayout::Hwio),
+            ..Default::default()
+        };
+        let input = normalise_onnx(&om, None, &hwio, &VocabExtra::default()).unwrap();
+        let names: Vec<&str> = input.layers.iter().map(|l| l.layer_name.as_str()).collect();
+        assert_eq!(names, ["w"]);
+        let r = &input.meta.report;
+        let codes: Vec<&str> = r.warnings.iter().map(|w| w.code.as_str()).collect();
+        assert_eq!(
+            codes,
+            [
+                Warning::NO_GRAPH_LEVEL,
+                Warning::LAYOUT_IGNORED,
+                Warning::SINGLE_CONV_LEVEL
+            ],
+            "{r:?}"
+        );
+        let skipped: Vec<(&str, &str)> = r
+            .skipped
+            .iter()
+            .map(|t| (t.tensor.as_str(), t.reason.as_str()))
+            .collect();
+        assert_eq!(
+            skipped,
+            [
+                ("w1d (Conv c1d)", crate::normalise::SKIP_CONV_NOT_2D),
+                ("wd", crate::normalise::SKIP_NO_GRAPH_LEVEL)
+            ]
+        );
     }
 
     #[test]

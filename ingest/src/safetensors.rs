@@ -12,10 +12,11 @@ use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensorError, SafeTensors};
 use sha2::{Digest, Sha256};
 
-use crate::SourceDtype;
 use crate::card::io_error;
 use crate::error::{IngestError, Result};
 use crate::natural_sort::natural_cmp;
+use crate::normalise::SKIP_NOT_RANK4;
+use crate::{SourceDtype, ValidationReport};
 
 /// The length of the little-endian header-length prefix.
 const PREFIX: usize = 8;
@@ -63,7 +64,7 @@ pub struct RawModel {
     sha256: String,
     bytes: Bytes,
     tensors: Vec<Entry>,
-    report: Vec<String>,
+    report: ValidationReport,
 }
 
 impl std::fmt::Debug for RawModel {
@@ -104,8 +105,8 @@ impl RawModel {
         self.bytes.as_slice().len() as u64
     }
 
-    /// Report lines from reading (tensors skipped and why).
-    pub fn report(&self) -> &[String] {
+    /// What reading found: the tensors skipped because they are not rank 4.
+    pub fn report(&self) -> &ValidationReport {
         &self.report
     }
 
@@ -205,20 +206,9 @@ fn parse(path: &Path, bytes: Bytes) -> Result<RawModel> {
             });
         }
     }
-    let mut report = Vec::new();
-    let not_rank4: Vec<&Entry> = tensors.iter().filter(|t| t.shape.len() != 4).collect();
-    if !not_rank4.is_empty() {
-        let examples: Vec<String> = not_rank4
-            .iter()
-            .take(5)
-            .map(|t| format!("{} {:?} {}", t.name, t.shape, t.dtype))
-            .collect();
-        let more = if not_rank4.len() > 5 { ", ..." } else { "" };
-        report.push(format!(
-            "skipped {} tensor(s) that are not rank 4, so not convolution weights: {}{more}",
-            not_rank4.len(),
-            examples.join(", ")
-        ));
+    let mut report = ValidationReport::default();
+    for t in tensors.iter().filter(|t| t.shape.len() != 4) {
+        report.skip(&t.name, &t.shape, &t.dtype.to_string(), SKIP_NOT_RANK4);
     }
     Ok(RawModel {
         path: path.to_owned(),
@@ -404,15 +394,13 @@ pub(crate) mod tests {
         let t = raw.tensors().nth(2).unwrap();
         assert_eq!(t.bytes, &f32_bytes(36)[..]);
         assert_eq!(t.source_dtype, Some(SourceDtype::F32));
+        let skipped: Vec<String> = raw.report().skipped.iter().map(|t| t.describe()).collect();
+        assert_eq!(skipped, ["features.2.bias [2] F32", "steps [1] I64"]);
         assert!(
-            raw.report()[0].contains("skipped 2 tensor(s)"),
-            "{:?}",
             raw.report()
-        );
-        assert!(
-            raw.report()[0].contains("steps [1] I64"),
-            "{:?}",
-            raw.report()
+                .skipped
+                .iter()
+                .all(|t| t.reason == SKIP_NOT_RANK4)
         );
         // same bytes, same hash, in memory or mapped
         let mem = RawModel::from_bytes(&p, good()).unwrap();

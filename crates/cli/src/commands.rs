@@ -158,6 +158,30 @@ fn human_bytes(b: u64) -> String {
     }
 }
 
+/// The lines `info --model` prints for a stored `report` value: the structured report,
+/// or the free-text lines of stores written before it (a JSON array).
+fn info_report_lines(stored: &str) -> Vec<String> {
+    let legacy = stored.trim_start().starts_with('[');
+    match filterdb_store::ValidationReport::from_json(stored) {
+        Ok(r) if legacy => {
+            let mut lines = r.notes;
+            if lines.is_empty() {
+                lines.push("(nothing to report)".to_owned());
+            }
+            lines.push("(free-text report of a store written before structured reports)".into());
+            lines
+        }
+        Ok(r) => {
+            let mut lines = crate::report::report_lines(&r, 20, true);
+            if r.skipped.is_empty() && r.warnings.is_empty() {
+                lines.push("no warnings, nothing skipped".to_owned());
+            }
+            lines
+        }
+        Err(_) => vec![stored.to_owned()],
+    }
+}
+
 pub fn info(a: InfoArgs) -> Result<ExitCode> {
     let store = open(&a.store.store)?;
     let snap = store.snapshot(a.version)?;
@@ -193,11 +217,7 @@ pub fn info(a: InfoArgs) -> Result<ExitCode> {
             for b in &rep {
                 for row in 0..b.num_rows() {
                     let v = arrow::util::display::array_value_to_string(b.column(0), row)?;
-                    let lines: Vec<String> = serde_json::from_str(&v).unwrap_or_else(|_| vec![v.clone()]);
-                    if lines.is_empty() {
-                        println!("{:>20}  (nothing to report)", "");
-                    }
-                    for l in lines {
+                    for l in info_report_lines(&v) {
                         println!("{:>20}  {l}", "");
                     }
                 }
@@ -305,7 +325,7 @@ pub fn vacuum(a: VacuumArgs) -> Result<ExitCode> {
 pub struct IngestArgs {
     #[command(flatten)]
     store: StoreArg,
-    /// The model file: .safetensors, or .onnx (depth from the graph).
+    /// The model file: .safetensors, .onnx (depth from the graph), .npz or .npy (NumPy).
     model: Option<PathBuf>,
     /// Bulk ingest: a .csv or .jsonl manifest (column `path` plus card fields).
     #[arg(long, conflicts_with = "model")]
@@ -337,9 +357,15 @@ pub struct IngestArgs {
     /// Replace a stored model of the same name in one commit.
     #[arg(long)]
     replace: bool,
-    /// Store NaN / infinite weights instead of rejecting the model.
+    /// Store NaN / infinite weights instead of rejecting the model (the report counts
+    /// them per layer: warning non_finite).
     #[arg(long)]
     allow_nonfinite: bool,
+    /// Store a model without 3x3 convolutions (or without any) with its meta-parameters
+    /// and kernel counts and no filters, instead of rejecting it (warning
+    /// no_3x3_kernels / no_convolutions). Applies to every row of a manifest.
+    #[arg(long)]
+    allow_empty: bool,
     /// Worker threads for --manifest (default: the number of cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -370,6 +396,7 @@ pub fn ingest(a: IngestArgs) -> Result<ExitCode> {
     let opts = filterdb_ingest::IngestOptions {
         allow_nonfinite: a.allow_nonfinite,
         replace: a.replace,
+        allow_empty: a.allow_empty,
     };
     let ov = overrides(&a)?;
     if let Some(manifest) = &a.manifest {
@@ -392,6 +419,10 @@ pub fn ingest(a: IngestArgs) -> Result<ExitCode> {
                 c.n_filters,
                 c.version
             );
+            // Warnings only: the full report is one `info --model` away.
+            for line in crate::report::warning_lines(&c.report) {
+                println!("           {line}");
+            }
         }
         for sk in &report.skipped_present {
             println!(
@@ -445,7 +476,7 @@ pub fn ingest(a: IngestArgs) -> Result<ExitCode> {
                 "committed '{name}' as model {model_id}: {n_layers} layers, {n_filters} filters, version {version} ({:.2} s)",
                 started.elapsed().as_secs_f64()
             );
-            for line in report {
+            for line in crate::report::report_lines(&report, 5, false) {
                 println!("  {line}");
             }
         }

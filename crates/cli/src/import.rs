@@ -135,6 +135,9 @@ pub fn run(a: ImportArgs) -> Result<ExitCode> {
             "committed  model_id {:<5} -> model {} '{}' ({} layers, {} filters, version {})",
             c.release_model_id, c.model_id, c.name, c.n_layers, c.n_filters, c.version
         );
+        for line in crate::report::warning_lines(&c.report) {
+            println!("           {line}");
+        }
     }
     for s in &report.skipped {
         println!(

@@ -6,6 +6,7 @@ mod docs;
 mod import;
 mod output;
 mod progress;
+mod report;
 mod shell;
 
 use std::path::PathBuf;

@@ -137,12 +137,33 @@ impl ConvertTo<f32> for bf16 {
 }
 
 /// What a pass over one layer found.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub(crate) struct LayerScan {
     /// Largest |w| in the source (finite values only).
     pub max_abs: f64,
     /// First filter (out-channel-major index) holding a NaN or infinity, if any.
     pub first_nonfinite: Option<(usize, f64)>,
+    /// NaN / infinite source values and the filters holding them (counted only on the
+    /// slow path taken when there are any).
+    pub nonfinite: NonFiniteCount,
+}
+
+/// Counts of non-finite source values in a layer (or a range of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct NonFiniteCount {
+    /// NaN values.
+    pub nan: u64,
+    /// Infinite values.
+    pub inf: u64,
+    /// Filters holding at least one of them.
+    pub filters: u64,
+}
+
+impl NonFiniteCount {
+    /// Whether nothing was counted.
+    pub fn is_zero(&self) -> bool {
+        self.nan == 0 && self.inf == 0
+    }
 }
 
 /// Source element index of weight `j` (row-major kh, kw) of filter `k` (out-channel-major).
@@ -208,40 +229,57 @@ where
             }
         }
     }
+    let mut first_nonfinite = None;
+    let mut nonfinite = NonFiniteCount::default();
     if !all_finite {
-        // Slow path, only for ranges holding NaN / infinity: the maximum of the finite values.
+        // Slow path, only for ranges holding NaN / infinity: the maximum of the finite
+        // values, the first filter with a non-finite value, and the counts.
         max_abs = 0.0;
         for k in range.clone() {
+            let mut here = false;
             for j in 0..9 {
                 let v = S::load(&bytes[src_index(layout, out, inp, k, j) * S::SIZE..]);
+                let a = v.abs_f64();
                 if v.is_finite() {
-                    max_abs = max_abs.max(v.abs_f64());
+                    max_abs = max_abs.max(a);
+                    continue;
+                }
+                here = true;
+                if a.is_nan() {
+                    nonfinite.nan += 1;
+                } else {
+                    nonfinite.inf += 1;
+                }
+                if first_nonfinite.is_none() {
+                    first_nonfinite = Some((k, a));
                 }
             }
+            nonfinite.filters += u64::from(here);
         }
     }
-    let first_nonfinite = if all_finite {
-        None
-    } else {
-        range.clone().find_map(|k| {
-            (0..9).find_map(|j| {
-                let v = S::load(&bytes[src_index(layout, out, inp, k, j) * S::SIZE..]);
-                (!v.is_finite()).then(|| {
-                    (
-                        k,
-                        if v.abs_f64().is_nan() {
-                            f64::NAN
-                        } else {
-                            v.abs_f64()
-                        },
-                    )
-                })
-            })
-        })
-    };
     LayerScan {
         max_abs,
         first_nonfinite,
+        nonfinite,
+    }
+}
+
+/// Number of values of a layer (`bytes` of `dtype`) that are finite but overflow to
+/// infinity in float16 (|x| beyond 65504 plus half an ulp). Only called when a layer's
+/// largest finite magnitude exceeds float16's range, so it costs nothing otherwise.
+pub(crate) fn count_f16_overflow(dtype: SourceDtype, bytes: &[u8]) -> u64 {
+    fn count<S: SrcElem + ConvertTo<f16>>(bytes: &[u8]) -> u64 {
+        bytes
+            .chunks_exact(S::SIZE)
+            .map(S::load)
+            .filter(|v| v.is_finite() && v.convert().is_infinite())
+            .count() as u64
+    }
+    match dtype {
+        SourceDtype::F32 => count::<f32>(bytes),
+        SourceDtype::F64 => count::<f64>(bytes),
+        SourceDtype::F16 => count::<f16>(bytes),
+        SourceDtype::BF16 => count::<bf16>(bytes),
     }
 }
 
@@ -251,6 +289,11 @@ impl LayerScan {
         LayerScan {
             max_abs: self.max_abs.max(next.max_abs),
             first_nonfinite: self.first_nonfinite.or(next.first_nonfinite),
+            nonfinite: NonFiniteCount {
+                nan: self.nonfinite.nan + next.nonfinite.nan,
+                inf: self.nonfinite.inf + next.nonfinite.inf,
+                filters: self.nonfinite.filters + next.nonfinite.filters,
+            },
         }
     }
 }
@@ -373,6 +416,66 @@ mod tests {
             convert_layer::<f32, f16>(&le_f32(&vals), KernelLayout::Oihw, 3, 1, 0..3, &mut cols);
         assert_eq!(scan.first_nonfinite.map(|x| x.0), Some(2));
         assert_eq!(scan.max_abs, 0.5);
+        assert_eq!(
+            scan.nonfinite,
+            NonFiniteCount {
+                nan: 0,
+                inf: 1,
+                filters: 1
+            }
+        );
+    }
+
+    #[test]
+    fn counts_nonfinite_values_and_filters_across_ranges() {
+        // filter 0: NaN, -inf; filter 1: clean; filter 2: NaN; filter 3: +inf
+        let mut vals = vec![-0.75f32; 36];
+        vals[1] = f32::NAN;
+        vals[8] = f32::NEG_INFINITY;
+        vals[22] = f32::NAN;
+        vals[35] = f32::INFINITY;
+        let bytes = le_f32(&vals);
+        let mut cols: [Vec<f32>; 9] = Default::default();
+        let whole = convert_layer::<f32, f32>(&bytes, KernelLayout::Oihw, 4, 1, 0..4, &mut cols);
+        let want = NonFiniteCount {
+            nan: 2,
+            inf: 2,
+            filters: 3,
+        };
+        assert_eq!(whole.nonfinite, want);
+        assert_eq!(whole.max_abs, 0.75);
+        assert_eq!(whole.first_nonfinite.map(|x| x.0), Some(0));
+        assert!(whole.first_nonfinite.is_some_and(|x| x.1.is_nan()));
+        let mut parts: [Vec<f32>; 9] = Default::default();
+        let a = convert_layer::<f32, f32>(&bytes, KernelLayout::Oihw, 4, 1, 0..2, &mut parts);
+        let b = convert_layer::<f32, f32>(&bytes, KernelLayout::Oihw, 4, 1, 2..4, &mut parts);
+        assert_eq!(a.then(b).nonfinite, want);
+        // a clean layer takes the fast path and counts nothing
+        let clean = convert_layer::<f32, f32>(
+            &le_f32(&[0.5; 9]),
+            KernelLayout::Oihw,
+            1,
+            1,
+            0..1,
+            &mut parts,
+        );
+        assert!(clean.nonfinite.is_zero() && clean.first_nonfinite.is_none());
+    }
+
+    #[test]
+    fn counts_float16_overflows() {
+        let vals = [1e6f32, -7e4, 65504.0, 65519.0, 65520.0, 0.5, f32::NAN];
+        assert_eq!(count_f16_overflow(SourceDtype::F32, &le_f32(&vals)), 3);
+        let f64s: Vec<u8> = [1e300f64, 1.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        assert_eq!(count_f16_overflow(SourceDtype::F64, &f64s), 1);
+        let h: Vec<u8> = [f16::MAX, f16::INFINITY]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        assert_eq!(count_f16_overflow(SourceDtype::F16, &h), 0);
     }
 
     #[test]

@@ -107,12 +107,6 @@ pub enum StoreError {
         /// dtype name.
         dtype: &'static str,
     },
-    /// A model to add has no 3x3 layers.
-    #[error("model {model}: no 3x3 convolution layers to store")]
-    EmptyModel {
-        /// The model's name.
-        model: String,
-    },
     /// A model with this name already exists (and no replacement was asked for).
     #[error(
         "a model named {name:?} already exists (model_id {model_id}); pass --replace to replace it"

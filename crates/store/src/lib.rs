@@ -38,7 +38,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 pub use error::{Result, StoreError};
-pub use input::{KernelData, KernelLayout, LayerInput, ModelInput, ModelMeta, SourceDtype};
+pub use input::{
+    KernelData, KernelLayout, LayerInput, ModelInput, ModelMeta, SkippedTensor, SourceDtype,
+    ValidationReport, Warning,
+};
 pub use log::{Action, CHECKPOINT_INTERVAL, Commit, ModelEntry, ModelFiles, Snapshot};
 pub use schema::{
     Precision, WEIGHT_COLUMNS, filters_schema, layers_schema, models_schema, schema_to_json,
@@ -262,8 +265,13 @@ impl Store {
 pub struct StagedModel {
     dir: PathBuf,
     entry: ModelEntry,
-    /// Validation report lines (the normaliser's plus the store's own checks).
-    pub report: Vec<String>,
+    /// The validation report as stored (the normaliser's plus the store's own checks,
+    /// with the counts); change it with [`StagedModel::add_warning`].
+    report: ValidationReport,
+    /// The `models` row as written (to rewrite its report).
+    models_row: arrow::array::RecordBatch,
+    /// Size of the staged `models` file (part of `entry.bytes`).
+    models_bytes: u64,
     /// Appended to the commit's `detail` in the log (e.g. label fixes an import applied).
     note: Option<String>,
 }
@@ -275,6 +283,27 @@ impl StagedModel {
     pub fn with_note(mut self, note: impl Into<String>) -> StagedModel {
         self.note = Some(note.into());
         self
+    }
+
+    /// The validation report as it will be stored.
+    pub fn report(&self) -> &ValidationReport {
+        &self.report
+    }
+
+    /// Add a warning to the stored report (rewrites the staged one-row `models` file),
+    /// e.g. [`Warning::DUPLICATE_NAME`] once the caller knows the commit replaces a model.
+    ///
+    /// # Errors
+    /// I/O and Parquet errors; the staged model is then still intact.
+    pub fn add_warning(&mut self, warning: Warning) -> Result<()> {
+        let mut report = self.report.clone();
+        report.warnings.push(warning);
+        let (row, bytes) = write::rewrite_report(&self.dir, &self.models_row, &report)?;
+        self.entry.bytes = self.entry.bytes - self.models_bytes + bytes;
+        self.models_bytes = bytes;
+        self.models_row = row;
+        self.report = report;
+        Ok(())
     }
 
     /// The model id this model will get.
@@ -344,9 +373,13 @@ impl StoreWriter {
     /// Convert and write `model` into the staging area. Ids are reserved now; the
     /// model becomes visible only through [`StoreWriter::commit`].
     ///
+    /// A model without layers is staged too: its `layers` and `filters` files have no
+    /// rows, and its report warns [`Warning::NO_3X3_KERNELS`] or
+    /// [`Warning::NO_CONVOLUTIONS`].
+    ///
     /// # Errors
     /// Non-finite weights (unless allowed), a tensor whose bytes do not match its
-    /// shape, an empty model, I/O and Parquet errors.
+    /// shape, I/O and Parquet errors.
     pub fn stage(&self, model: &ModelInput<'_>, opts: &StageOptions) -> Result<StagedModel> {
         let n_filters = model.n_filters() as i64;
         let (model_id, first_filter_id) = {
@@ -387,6 +420,8 @@ impl StoreWriter {
             dir,
             note: None,
             report: written.report,
+            models_row: written.models_row,
+            models_bytes: written.models_bytes,
             entry: ModelEntry {
                 model_id,
                 name: model.meta.name.clone(),
@@ -658,4 +693,108 @@ pub struct VacuumReport {
     pub bytes: u64,
     /// The version recording pruned history, if any.
     pub version: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use arrow::array::AsArray;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    use super::*;
+
+    fn one_layer_model(name: &str) -> ModelInput<'static> {
+        ModelInput {
+            meta: ModelMeta {
+                name: name.into(),
+                conv_tensors: 1,
+                ..Default::default()
+            },
+            layers: vec![LayerInput {
+                layer_name: "conv".into(),
+                conv_depth: 0,
+                conv_depth_norm: 0.0,
+                depth_rule: "name_order".into(),
+                out_channels: 1,
+                in_channels: 1,
+                groups: 1,
+                weights: KernelData {
+                    dtype: SourceDtype::F32,
+                    layout: KernelLayout::Oihw,
+                    bytes: Cow::Owned([0.5f32; 9].iter().flat_map(|v| v.to_le_bytes()).collect()),
+                },
+            }],
+        }
+    }
+
+    /// A warning added to a staged model is in the committed `models` file, and the log's
+    /// byte count matches the files.
+    #[test]
+    fn added_warning_is_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::init(dir.path().join("s"), Precision::F16).unwrap();
+        let mut w = store.writer(false).unwrap();
+        let mut staged = w
+            .stage(&one_layer_model("a"), &StageOptions::default())
+            .unwrap();
+        assert!(staged.report().warnings.is_empty());
+        staged
+            .add_warning(Warning::new(Warning::DUPLICATE_NAME, "replaced model_id 9"))
+            .unwrap();
+        assert_eq!(staged.report().warnings.len(), 1);
+        w.commit(staged, CommitMode::Add).unwrap();
+        let snap = store.snapshot(None).unwrap();
+        let entry = &snap.models[&0];
+        let sizes: u64 = entry
+            .files
+            .all()
+            .iter()
+            .map(|f| fs::metadata(store.path_of(f)).unwrap().len())
+            .sum();
+        assert_eq!(entry.bytes, sizes);
+        let file = File::open(store.path_of(&entry.files.models)).unwrap();
+        let batch = ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        let json = batch
+            .column_by_name("report")
+            .unwrap()
+            .as_string::<i32>()
+            .value(0)
+            .to_owned();
+        let report = ValidationReport::from_json(&json).unwrap();
+        assert_eq!(
+            report.warnings,
+            [Warning::new(Warning::DUPLICATE_NAME, "replaced model_id 9")]
+        );
+        assert_eq!((report.layers_3x3, report.filters), (1, 1));
+        assert!(json.contains(r#""code":"duplicate_name""#), "{json}");
+    }
+
+    /// A model without layers commits, and the store still counts it.
+    #[test]
+    fn empty_model_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::init(dir.path().join("s"), Precision::F32).unwrap();
+        let mut w = store.writer(false).unwrap();
+        let mut m = one_layer_model("empty");
+        m.layers.clear();
+        let staged = w.stage(&m, &StageOptions::default()).unwrap();
+        assert!(staged.report().has_warning(Warning::NO_3X3_KERNELS));
+        w.commit(staged, CommitMode::Add).unwrap();
+        let staged = w
+            .stage(&one_layer_model("full"), &StageOptions::default())
+            .unwrap();
+        w.commit(staged, CommitMode::Add).unwrap();
+        let snap = store.snapshot(None).unwrap();
+        assert_eq!(snap.models.len(), 2);
+        assert_eq!(snap.n_filters(), 1);
+        assert_eq!(snap.models[&0].n_filters, 0);
+        assert_eq!(snap.models[&1].first_filter_id, 0);
+    }
 }

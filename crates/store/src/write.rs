@@ -21,9 +21,9 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterVersi
 use parquet::file::writer::{SerializedFileWriter, SerializedPageWriter, TrackedWrite};
 use parquet::schema::types::ColumnPath;
 
-use crate::convert::{ConvertTo, LayerScan, convert_any};
+use crate::convert::{ConvertTo, LayerScan, NonFiniteCount, convert_any, count_f16_overflow};
 use crate::error::{IoContext, Result, StoreError};
-use crate::input::{KernelData, ModelInput};
+use crate::input::{KernelData, ModelInput, ValidationReport, Warning};
 use crate::schema::{Precision, filters_schema, layers_schema, models_schema};
 
 /// Rows per Parquet row group of a `filters` file: small enough that a layer-selective
@@ -38,8 +38,13 @@ const ID_COLUMNS: usize = 5;
 pub(crate) struct Written {
     pub n_layers: u64,
     pub n_filters: u64,
+    /// Bytes of the three files.
     pub bytes: u64,
-    pub report: Vec<String>,
+    /// Bytes of the `models` file alone (it is rewritten when the report changes).
+    pub models_bytes: u64,
+    /// The `models` row as written.
+    pub models_row: RecordBatch,
+    pub report: ValidationReport,
 }
 
 /// Options for [`crate::StoreWriter::stage`].
@@ -95,6 +100,10 @@ fn write_batches(
 /// Per-layer values computed while writing filters.
 struct LayerStats {
     max_abs: f64,
+    /// NaN / infinite source values (stored only with `allow_nonfinite`).
+    nonfinite: NonFiniteCount,
+    /// Finite source values that became infinite in float16 (only with `allow_nonfinite`).
+    f16_overflow: u64,
 }
 
 /// Converts and writes `filters`; returns per-layer stats and the file's size.
@@ -282,10 +291,8 @@ where
                     .map_err(|_| encoder_gone())?;
             }
         }
-        let scan = scan.unwrap_or(LayerScan {
-            max_abs: 0.0,
-            first_nonfinite: None,
-        });
+        let scan = scan.unwrap_or_default();
+        let overflows = precision == Precision::F16 && scan.max_abs > f64::from(f16::MAX);
         if !opts.allow_nonfinite {
             if let Some((filter, value)) = scan.first_nonfinite {
                 return Err(StoreError::NonFinite {
@@ -296,7 +303,7 @@ where
                     hint: "",
                 });
             }
-            if precision == Precision::F16 && scan.max_abs > f64::from(f16::MAX) {
+            if overflows {
                 return Err(StoreError::NonFinite {
                     model: model.meta.name.clone(),
                     tensor: layer.layer_name.clone(),
@@ -312,6 +319,13 @@ where
         };
         stats.push(LayerStats {
             max_abs: stored_max,
+            nonfinite: scan.nonfinite,
+            // A second pass over this layer only: it holds values beyond float16's range.
+            f16_overflow: if overflows {
+                count_f16_overflow(w.dtype, &w.bytes)
+            } else {
+                0
+            },
         });
     }
     if buf.len() > 0 {
@@ -528,11 +542,8 @@ pub(crate) fn write_model(
     ingested_at_ms: i64,
     opts: &StageOptions,
 ) -> Result<Written> {
-    if model.layers.is_empty() {
-        return Err(StoreError::EmptyModel {
-            model: model.meta.name.clone(),
-        });
-    }
+    // A model without 3x3 layers (ingest --allow-empty) is written like any other: its
+    // `layers` and `filters` files have no rows.
     let (stats, filters_bytes) = write_filters(
         &dir.join("filters.parquet"),
         precision,
@@ -541,7 +552,7 @@ pub(crate) fn write_model(
         first_filter_id,
         opts,
     )?;
-    let mut report = model.meta.report.clone();
+    let report = store_report(model, &stats);
 
     // layers
     let n_layers = model.layers.len();
@@ -550,11 +561,6 @@ pub(crate) fn write_model(
     for l in &model.layers {
         firsts.push(first);
         first += l.n_filters() as i64;
-    }
-    for (l, s) in model.layers.iter().zip(&stats) {
-        if s.max_abs == 0.0 {
-            report.push(format!("warning: layer {} is all zero", l.layer_name));
-        }
     }
     let layers = RecordBatch::try_new(
         layers_schema(),
@@ -618,7 +624,7 @@ pub(crate) fn write_model(
         filters_3x3 as f64 / total_filters as f64
     };
     let json = |v: serde_json::Value| v.to_string();
-    let row = RecordBatch::try_new(
+    let models_row = RecordBatch::try_new(
         models_schema(),
         vec![
             one_i64(model_id),
@@ -643,23 +649,112 @@ pub(crate) fn write_model(
                 serde_json::to_value(&m.kernel_shape_counts).unwrap_or_default(),
             )),
             one_str(&json(serde_json::to_value(&m.extra).unwrap_or_default())),
-            one_str(&json(serde_json::to_value(&report).unwrap_or_default())),
+            one_str(&report.to_json()),
             one_i64(first_filter_id),
             Arc::new(TimestampMillisecondArray::from(vec![ingested_at_ms]).with_timezone("UTC")),
         ],
     )?;
-    let models_bytes = write_batches(
-        &dir.join("models.parquet"),
-        models_schema(),
-        props_small(),
-        &[row],
-    )?;
+    let models_bytes = write_models(dir, &models_row)?;
     Ok(Written {
         n_layers: n_layers as u64,
         n_filters,
         bytes: filters_bytes + layers_bytes + models_bytes,
+        models_bytes,
+        models_row,
         report,
     })
+}
+
+/// Write the one-row `models` file of a staged model; returns its size.
+fn write_models(dir: &Path, row: &RecordBatch) -> Result<u64> {
+    write_batches(
+        &dir.join("models.parquet"),
+        models_schema(),
+        props_small(),
+        std::slice::from_ref(row),
+    )
+}
+
+/// Rewrite the `models` file of a staged model in `dir` with another report; returns
+/// the new row and the file's size.
+pub(crate) fn rewrite_report(
+    dir: &Path,
+    row: &RecordBatch,
+    report: &ValidationReport,
+) -> Result<(RecordBatch, u64)> {
+    let idx = models_schema().index_of("report")?;
+    let mut columns = row.columns().to_vec();
+    columns[idx] = one_str(&report.to_json());
+    let row = RecordBatch::try_new(models_schema(), columns)?;
+    let bytes = write_models(dir, &row)?;
+    Ok((row, bytes))
+}
+
+/// The normaliser's report plus the store's own checks, with the counts filled in.
+fn store_report(model: &ModelInput<'_>, stats: &[LayerStats]) -> ValidationReport {
+    let mut report = model.meta.report.clone();
+    report.conv_tensors = model.meta.conv_tensors;
+    report.layers_3x3 = model.layers.len() as u64;
+    report.filters = model.n_filters() as u64;
+    if model.layers.is_empty()
+        && !report.has_warning(Warning::NO_CONVOLUTIONS)
+        && !report.has_warning(Warning::NO_3X3_KERNELS)
+    {
+        // Every model without layers says why, whoever built its input.
+        if model.meta.conv_tensors == 0 {
+            report.warn(
+                Warning::NO_CONVOLUTIONS,
+                "no convolution tensors: only the model's meta-parameters are stored",
+            );
+        } else {
+            report.warn(
+                Warning::NO_3X3_KERNELS,
+                format!(
+                    "{} convolution tensor(s) but no 3x3 layer: only the model's \
+                     meta-parameters and kernel counts are stored",
+                    model.meta.conv_tensors
+                ),
+            );
+        }
+    }
+    for (l, s) in model.layers.iter().zip(stats) {
+        if s.max_abs == 0.0 && s.nonfinite.is_zero() {
+            report.warn(
+                Warning::ALL_ZERO_LAYER,
+                format!(
+                    "layer {}: all {} filters are zero (as stored)",
+                    l.layer_name,
+                    l.n_filters()
+                ),
+            );
+        }
+        let n = s.nonfinite;
+        if !n.is_zero() {
+            report.warn(
+                Warning::NON_FINITE,
+                format!(
+                    "layer {}: {} NaN and {} infinite weight(s) in {} of {} filters, stored \
+                     as they are (--allow-nonfinite)",
+                    l.layer_name,
+                    n.nan,
+                    n.inf,
+                    n.filters,
+                    l.n_filters()
+                ),
+            );
+        }
+        if s.f16_overflow > 0 {
+            report.warn(
+                Warning::NON_FINITE,
+                format!(
+                    "layer {}: {} weight(s) beyond float16's range (65504) stored as \
+                     infinity (--allow-nonfinite; an f32 store keeps them)",
+                    l.layer_name, s.f16_overflow
+                ),
+            );
+        }
+    }
+    report
 }
 
 #[cfg(test)]
@@ -693,6 +788,162 @@ mod tests {
             },
         };
         (l, vals)
+    }
+
+    fn f32_layer(name: &str, vals: &[f32], out: usize) -> LayerInput<'static> {
+        let (mut l, _) = layer(name, out, vals.len() / 9 / out, 0);
+        l.weights.bytes = Cow::Owned(vals.iter().flat_map(|v| v.to_le_bytes()).collect());
+        l
+    }
+
+    fn model(layers: Vec<LayerInput<'static>>, conv_tensors: u64) -> ModelInput<'static> {
+        ModelInput {
+            meta: ModelMeta {
+                name: "m".into(),
+                conv_tensors,
+                ..Default::default()
+            },
+            layers,
+        }
+    }
+
+    /// The `report` cell of a written `models` file.
+    fn stored_report(dir: &Path) -> ValidationReport {
+        let f = File::open(dir.join("models.parquet")).unwrap();
+        let mut r = ParquetRecordBatchReaderBuilder::try_new(f)
+            .unwrap()
+            .build()
+            .unwrap();
+        let b = r.next().unwrap().unwrap();
+        let col = b.column_by_name("report").unwrap().as_string::<i32>();
+        ValidationReport::from_json(col.value(0)).unwrap()
+    }
+
+    fn rows_of(path: &Path) -> i64 {
+        let f = File::open(path).unwrap();
+        let b = ParquetRecordBatchReaderBuilder::try_new(f).unwrap();
+        b.metadata().file_metadata().num_rows()
+    }
+
+    /// The store fills in the counts and warns about all-zero layers and, with
+    /// `allow_nonfinite`, about NaN / infinite weights with their counts.
+    #[test]
+    fn report_counts_zero_layers_and_nonfinite() {
+        let dir = tempfile::tempdir().unwrap();
+        let (good, _) = layer("good", 2, 2, 5);
+        let zero = f32_layer("zero", &[0.0; 18], 2);
+        let mut bad = vec![0.5f32; 27];
+        bad[0] = f32::NAN;
+        bad[4] = f32::NAN;
+        bad[26] = f32::NEG_INFINITY;
+        let bad = f32_layer("bad", &bad, 3);
+        let m = model(vec![good, zero, bad], 4);
+        let strict = write_model(
+            dir.path(),
+            Precision::F32,
+            &m,
+            0,
+            0,
+            0,
+            &StageOptions::default(),
+        );
+        assert!(
+            matches!(strict, Err(StoreError::NonFinite { .. })),
+            "{strict:?}"
+        );
+        let opts = StageOptions {
+            allow_nonfinite: true,
+        };
+        let w = write_model(dir.path(), Precision::F32, &m, 0, 0, 0, &opts).unwrap();
+        let r = &w.report;
+        assert_eq!((r.conv_tensors, r.layers_3x3, r.filters), (4, 3, 4 + 2 + 3));
+        let got: Vec<(&str, &str)> = r
+            .warnings
+            .iter()
+            .map(|w| (w.code.as_str(), w.message.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    Warning::ALL_ZERO_LAYER,
+                    "layer zero: all 2 filters are zero (as stored)"
+                ),
+                (
+                    Warning::NON_FINITE,
+                    "layer bad: 2 NaN and 1 infinite weight(s) in 2 of 3 filters, stored as \
+                     they are (--allow-nonfinite)"
+                ),
+            ]
+        );
+        assert_eq!(&stored_report(dir.path()), r);
+    }
+
+    /// Values beyond float16's range become infinity in an f16 store: counted.
+    #[test]
+    fn float16_overflow_is_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut v = vec![0.25f32; 18];
+        v[3] = 1e6;
+        v[9] = -7e4;
+        let m = model(vec![f32_layer("big", &v, 2)], 1);
+        let opts = StageOptions {
+            allow_nonfinite: true,
+        };
+        let w = write_model(dir.path(), Precision::F16, &m, 0, 0, 0, &opts).unwrap();
+        assert_eq!(w.report.warnings.len(), 1, "{:?}", w.report);
+        assert_eq!(w.report.warnings[0].code, Warning::NON_FINITE);
+        assert!(
+            w.report.warnings[0]
+                .message
+                .starts_with("layer big: 2 weight(s) beyond float16's range"),
+            "{:?}",
+            w.report
+        );
+        // the same in an f32 store is fine
+        let w = write_model(dir.path(), Precision::F32, &m, 0, 0, 0, &opts).unwrap();
+        assert!(w.report.warnings.is_empty(), "{:?}", w.report);
+    }
+
+    /// A model without layers is written with empty `layers` and `filters` files, and
+    /// its report says why it has none (even when its builder did not).
+    #[test]
+    fn empty_model_has_zero_row_files() {
+        for (conv_tensors, code) in [(0, Warning::NO_CONVOLUTIONS), (3, Warning::NO_3X3_KERNELS)] {
+            let dir = tempfile::tempdir().unwrap();
+            let m = model(Vec::new(), conv_tensors);
+            let w = write_model(
+                dir.path(),
+                Precision::F16,
+                &m,
+                7,
+                100,
+                0,
+                &StageOptions::default(),
+            )
+            .unwrap();
+            assert_eq!((w.n_layers, w.n_filters), (0, 0));
+            assert_eq!(rows_of(&dir.path().join("filters.parquet")), 0);
+            assert_eq!(rows_of(&dir.path().join("layers.parquet")), 0);
+            assert_eq!(rows_of(&dir.path().join("models.parquet")), 1);
+            let codes: Vec<&str> = w.report.warnings.iter().map(|w| w.code.as_str()).collect();
+            assert_eq!(codes, [code]);
+            assert_eq!(w.report.conv_tensors, conv_tensors);
+            // a builder's own warning is not repeated
+            let mut m = model(Vec::new(), conv_tensors);
+            m.meta.report.warn(code, "mine");
+            let w = write_model(
+                dir.path(),
+                Precision::F16,
+                &m,
+                7,
+                100,
+                0,
+                &StageOptions::default(),
+            )
+            .unwrap();
+            assert_eq!(w.report.warnings, [Warning::new(code, "mine")]);
+        }
     }
 
     /// Row groups split inside a layer and across layers; every value and id survives.
