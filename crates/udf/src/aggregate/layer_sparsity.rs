@@ -38,7 +38,7 @@ use datafusion::logical_expr::{
     EmitTo, GroupsAccumulator, Signature, Volatility,
 };
 
-use crate::common::{Filters, coerce_weights, filter_max_abs, sparse_threshold};
+use crate::common::{Filters, coerce_weights, filter_max_abs, group_runs, sparse_threshold};
 
 /// The default sparsity threshold ratio (MISSION.md: 1 % of the layer's largest weight).
 pub const DEFAULT_RATIO: f64 = 0.01;
@@ -444,6 +444,28 @@ impl<T: ExactFloat> GroupAgg for FilterListAgg<T> {
         };
         let f = Filters::try_new(func, w.as_ref())?;
         let ratio = ratio_column(func, values)?;
+        if self.kind == ListKind::Sparsity
+            && f.nulls().is_none()
+            && filter.is_none()
+            && let Some(flat) = f.flat_f32()
+        {
+            // The usual batch: a run of rows per group; each filter's max |w| straight
+            // from the widened f32 values (exact for float16 and float32 stores).
+            for (g, rows) in group_runs(groups) {
+                for i in rows.clone() {
+                    set_ratio(func, &mut self.ratio[g], ratio_at(func, ratio, i)?)?;
+                }
+                let v = &mut self.values[g];
+                let before = v.capacity();
+                v.extend(
+                    flat[9 * rows.start..9 * rows.end]
+                        .chunks_exact(9)
+                        .map(|c| T::narrow(f64::from(c.iter().fold(0f32, |m, x| m.max(x.abs()))))),
+                );
+                self.bytes += (v.capacity() - before) * size_of::<T::Native>();
+            }
+            return Ok(());
+        }
         for (i, &g) in groups.iter().enumerate() {
             if f.is_null(i) || !passes(filter, i) {
                 continue;

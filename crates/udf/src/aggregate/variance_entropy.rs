@@ -47,9 +47,15 @@ use super::layer_sparsity::{
     filter_list_single, filter_list_state_fields, passes,
 };
 use crate::common::{
-    Filters, Moments, coerce_weights, entropy_norm_factor, fsl_f64, fsl_f64_type, sym_eigen_desc,
-    tri, variance_entropy_of,
+    Filters, Moments, coerce_weights, entropy_norm_factor, fsl_f64, fsl_f64_type, group_runs,
+    sym_eigen_desc, tri, variance_entropy_of,
 };
+
+/// Runs of a group shorter than this are added row by row ([`Moments::add`]); longer
+/// ones through one matrix product ([`Moments::add_rows`]), whose SIMD kernel depends
+/// on the CPU, so that small results (and the examples in docs/functions.md) have the
+/// same bits everywhere.
+const SMALL_RUN: usize = 64;
 
 /// Scalar reference: `H` of a set of filters by the two-pass centred covariance (of the
 /// filters minus the first one, which changes nothing but rounding)
@@ -209,8 +215,28 @@ impl GroupAgg for MomentsAgg {
         };
         let f = Filters::try_new(self.name(), w.as_ref())?;
         if f.nulls().is_none() && filter.is_none() {
-            for (i, &g) in groups.iter().enumerate() {
-                self.groups[g].add(&f.get(i));
+            let flat = f.flat_f64();
+            let mut shifted = Vec::new();
+            for (g, rows) in group_runs(groups) {
+                let st = &mut self.groups[g];
+                let run = &flat[9 * rows.start..9 * rows.end];
+                if rows.len() < SMALL_RUN {
+                    // Few rows: one at a time (the same bits on every CPU).
+                    for r in run.chunks_exact(9) {
+                        st.add(r.try_into().expect("chunks of 9"));
+                    }
+                    continue;
+                }
+                if st.m.n == 0 {
+                    st.shift.copy_from_slice(&run[..9]);
+                }
+                let shift = st.shift;
+                shifted.clear();
+                shifted.extend(
+                    run.chunks_exact(9)
+                        .flat_map(|r| std::array::from_fn::<f64, 9, _>(|i| r[i] - shift[i])),
+                );
+                st.m.add_rows(&shifted);
             }
         } else {
             for (i, &g) in groups.iter().enumerate() {
