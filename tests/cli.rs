@@ -598,3 +598,52 @@ fn shell_runs_statements_and_describes_tables() {
         "{text}"
     );
 }
+
+#[test]
+fn gen_into_a_store_equals_gen_then_ingest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (zoo, a, b) = (
+        dir.path().join("zoo"),
+        dir.path().join("a"),
+        dir.path().join("b"),
+    );
+    let opts = [
+        "--models",
+        "3",
+        "--seed",
+        "5",
+        "--min-layers",
+        "2",
+        "--max-layers",
+        "4",
+        "--max-channels",
+        "8",
+    ];
+    ok(&[&["gen", s(&zoo)][..], &opts].concat());
+    ok(&["init", s(&a)]);
+    let manifest = zoo.join("manifest.csv");
+    ok(&["ingest", "--store", s(&a), "--manifest", s(&manifest)]);
+    ok(&["init", s(&b)]);
+    let out = ok(&[&["gen", "--store", s(&b)][..], &opts].concat());
+    assert!(out.contains("3 committed, 0 already stored"), "{out}");
+    // the same models, bytes, names, labels and weights
+    let sql = "SELECT m.name, m.task, m.visual_category, m.architecture, m.source_sha256, \
+               m.n_layers, count(*) AS n, sum(f.w0) AS s0, sum(f.w4) AS s4, sum(f.w8) AS s8, \
+               sum(f.layer_idx * f.out_channel + f.in_channel) AS ids \
+               FROM filter_columns f JOIN models m ON f.model_id = m.model_id \
+               GROUP BY m.name, m.task, m.visual_category, m.architecture, m.source_sha256, \
+               m.n_layers ORDER BY m.name";
+    let show = |store: &Path| {
+        arrow::util::pretty::pretty_format_batches(&query(store, sql))
+            .unwrap()
+            .to_string()
+    };
+    let (ta, tb) = (show(&a), show(&b));
+    assert_eq!(ta, tb);
+    assert_eq!(ta.lines().count(), 3 + 4, "{ta}");
+    // a rerun commits nothing new; OUT and --store are exclusive
+    let again = ok(&[&["gen", "--store", s(&b)][..], &opts].concat());
+    assert!(again.contains("0 committed, 3 already stored"), "{again}");
+    fails(&["gen", s(&zoo), "--store", s(&b)]);
+    fails(&["gen"]);
+}

@@ -27,7 +27,8 @@ use crate::manifest::{ManifestRow, RowError};
 use crate::normalise::{NormaliseOptions, VocabExtra, normalise_onnx_with, normalise_with};
 use crate::npy::{is_numpy_path, normalise_numpy_with, read_numpy};
 use crate::onnx::{is_onnx_path, read_onnx};
-use crate::safetensors::read_safetensors;
+use crate::safetensors::{RawModel, read_safetensors};
+use crate::synth::Generator;
 use crate::vocab::{KIND_TASK, KIND_VISUAL_CATEGORY};
 
 /// Options of an ingest.
@@ -125,7 +126,19 @@ fn prepare(
     } else {
         Raw::Safetensors(read_safetensors(path)?)
     };
-    let sha256 = match &raw {
+    prepare_raw(writer, path, &raw, card, overrides, opts)
+}
+
+/// Normalises and stages one parsed model, unless its bytes are already stored.
+fn prepare_raw(
+    writer: &StoreWriter,
+    path: &Path,
+    raw: &Raw,
+    card: Option<&Path>,
+    overrides: &ModelOverrides,
+    opts: &IngestOptions,
+) -> Result<Prepared> {
+    let sha256 = match raw {
         Raw::Onnx(m) => m.sha256.as_str(),
         Raw::Safetensors(r) => r.sha256(),
         Raw::Numpy(m) => m.sha256(),
@@ -143,7 +156,7 @@ fn prepare(
         allow_empty: opts.allow_empty,
     };
     let card = card.as_ref();
-    let input = match &raw {
+    let input = match raw {
         Raw::Onnx(m) => normalise_onnx_with(m, card, overrides, &vocab, &nopts)?,
         Raw::Safetensors(r) => normalise_with(r, card, overrides, &vocab, &nopts)?,
         Raw::Numpy(m) => normalise_numpy_with(m, card, overrides, &vocab, &nopts)?,
@@ -377,7 +390,7 @@ pub fn ingest_manifest(
 
     // The same file twice: only the first row counts.
     let mut first_line: HashMap<&Path, usize> = HashMap::new();
-    let mut todo: Vec<&ManifestRow> = Vec::with_capacity(rows.len());
+    let mut todo: Vec<Job<'_>> = Vec::with_capacity(rows.len());
     for r in rows {
         if let Some(&l) = first_line.get(r.path.as_path()) {
             report.skipped_present.push(SkippedRow {
@@ -390,10 +403,100 @@ pub fn ingest_manifest(
             progress.model_done(0, size_of(&r.path));
         } else {
             first_line.insert(&r.path, r.line);
-            todo.push(r);
+            todo.push(Job {
+                line: r.line,
+                path: r.path.clone(),
+                bytes: size_of(&r.path),
+                source: JobSource::File {
+                    card: r.card.as_deref(),
+                    overrides: &r.overrides,
+                },
+            });
         }
     }
+    ingest_jobs(writer, &todo, report, opts, threads, progress)
+}
 
+/// Generates the models of `generator`'s zoo and ingests them straight into the store,
+/// as [`ingest_manifest`] would ingest the zoo's files (the same bytes, so the same
+/// sha256, names and filters; a rerun commits nothing new), without writing them out.
+/// Model `i` is reported as line `i + 1`, its path
+/// `filterdb-gen/seed-<seed>/model-<i>.safetensors` (also its `source_path`).
+///
+/// # Errors
+/// Only if the worker pool cannot be built; per-model problems go into the report.
+pub fn ingest_generated(
+    writer: &mut StoreWriter,
+    generator: &Generator,
+    opts: &IngestOptions,
+    threads: usize,
+    progress: &dyn Progress,
+) -> Result<BulkReport> {
+    let g = generator.options();
+    progress.start(g.models as u64, 0);
+    let todo: Vec<Job<'_>> = (0..g.models)
+        .map(|index| Job {
+            line: index + 1,
+            path: PathBuf::from(format!(
+                "filterdb-gen/seed-{}/model-{index:05}.safetensors",
+                g.seed
+            )),
+            bytes: 0,
+            source: JobSource::Generated { generator, index },
+        })
+        .collect();
+    ingest_jobs(
+        writer,
+        &todo,
+        BulkReport::default(),
+        opts,
+        threads,
+        progress,
+    )
+}
+
+/// Where a bulk job's model comes from.
+enum JobSource<'a> {
+    /// A model file with its card and overrides.
+    File {
+        card: Option<&'a Path>,
+        overrides: &'a ModelOverrides,
+    },
+    /// Model `index` of a synthetic zoo.
+    Generated {
+        generator: &'a Generator,
+        index: usize,
+    },
+}
+
+/// One model of a bulk ingest.
+struct Job<'a> {
+    line: usize,
+    path: PathBuf,
+    bytes: u64,
+    source: JobSource<'a>,
+}
+
+fn prepare_job(writer: &StoreWriter, job: &Job<'_>, opts: &IngestOptions) -> Result<Prepared> {
+    match &job.source {
+        JobSource::File { card, overrides } => prepare(writer, &job.path, *card, overrides, opts),
+        JobSource::Generated { generator, index } => {
+            let (m, bytes) = generator.safetensors(*index)?;
+            let raw = Raw::Safetensors(RawModel::from_bytes(&job.path, bytes)?);
+            prepare_raw(writer, &job.path, &raw, None, &m.card, opts)
+        }
+    }
+}
+
+/// Prepares `todo` on a pool of `threads` and commits each, in order, on this thread.
+fn ingest_jobs(
+    writer: &mut StoreWriter,
+    todo: &[Job<'_>],
+    mut report: BulkReport,
+    opts: &IngestOptions,
+    threads: usize,
+    progress: &dyn Progress,
+) -> Result<BulkReport> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .thread_name(|i| format!("filterdb-ingest-{i}"))
@@ -408,16 +511,13 @@ pub fn ingest_manifest(
     std::thread::scope(|scope| {
         let (tx, rx) = mpsc::channel::<(usize, Result<Prepared>)>();
         let lock_ref = &lock;
-        let todo_ref = &todo;
         scope.spawn(move || {
             pool.install(|| {
-                todo_ref
-                    .par_iter()
+                todo.par_iter()
                     .enumerate()
                     .for_each_with(tx, |tx, (pos, row)| {
                         let guard = lock_ref.read().unwrap_or_else(PoisonError::into_inner);
-                        let r =
-                            prepare(&guard, &row.path, row.card.as_deref(), &row.overrides, opts);
+                        let r = prepare_job(&guard, row, opts);
                         drop(guard);
                         // the receiver lives until all senders are gone
                         let _ = tx.send((pos, r));
@@ -430,9 +530,9 @@ pub fn ingest_manifest(
         for (pos, r) in rx {
             pending.insert(pos, r);
             while let Some(r) = pending.remove(&next) {
-                let row = todo[next];
+                let row = &todo[next];
                 next += 1;
-                let bytes = size_of(&row.path);
+                let bytes = row.bytes;
                 let mut filters = 0;
                 let outcome = match r {
                     Err(e) => Err(e),

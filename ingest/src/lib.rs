@@ -76,7 +76,7 @@ pub use error::{IngestError, Result, error_chain};
 pub use hdf5::{MetaTable, MetaValue, ReleaseFile, read_meta_file};
 pub use ingest::{
     BulkReport, CommittedRow, FailedRow, IngestOptions, IngestOutcome, NoProgress, Progress,
-    SkippedRow, ingest_manifest, ingest_one, vocab_extra,
+    SkippedRow, ingest_generated, ingest_manifest, ingest_one, vocab_extra,
 };
 pub use manifest::{Manifest, ManifestRow, RowError, read_manifest};
 pub use natural_sort::{natural_cmp, natural_sort};
@@ -89,5 +89,7 @@ pub use npy::{
 };
 pub use onnx::{OnnxConv, OnnxModel, read_onnx};
 pub use safetensors::{RawModel, RawTensor, read_safetensors};
-pub use synth::{GenModel, GenOptions, GenSummary, GenTensor, generate_model, generate_zoo};
+pub use synth::{
+    GenModel, GenOptions, GenSummary, GenTensor, Generator, generate_model, generate_zoo,
+};
 pub use vocab::canonicalise;

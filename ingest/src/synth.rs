@@ -467,6 +467,60 @@ pub fn card_toml(card: &ModelOverrides) -> String {
     out
 }
 
+/// The models of one zoo, one at a time: what [`generate_zoo`] writes to files and
+/// `filterdb gen --store` ingests straight into a store, with the same bytes.
+#[derive(Debug, Clone)]
+pub struct Generator {
+    opts: GenOptions,
+    base: Mat9,
+}
+
+impl Generator {
+    /// The zoo `opts` describes.
+    ///
+    /// # Errors
+    /// [`IngestError::GenOption`] for bad options.
+    pub fn new(opts: &GenOptions) -> Result<Generator> {
+        opts.check()?;
+        Ok(Generator {
+            opts: opts.clone(),
+            base: base_dirs(opts.seed),
+        })
+    }
+
+    /// The options.
+    pub fn options(&self) -> &GenOptions {
+        &self.opts
+    }
+
+    /// Model `index`'s name (from its card; `model_<index>` if it had none).
+    pub fn name(&self, m: &GenModel, index: usize) -> String {
+        m.card
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("model_{index:05}"))
+    }
+
+    /// Model `index` as the bytes of a safetensors file (its tensors freed; the card
+    /// and counts kept).
+    ///
+    /// # Errors
+    /// [`IngestError::Safetensors`] if serialising fails.
+    pub fn safetensors(&self, index: usize) -> Result<(GenModel, Vec<u8>)> {
+        let mut m = generate_with_base(&self.opts, index, &self.base);
+        let mut meta = std::collections::HashMap::new();
+        meta.insert("format".to_owned(), "pt".to_owned());
+        let bytes =
+            safetensors::serialize(m.tensors.iter().map(|t| (t.name.as_str(), t)), Some(meta))
+                .map_err(|source| IngestError::Safetensors {
+                    path: PathBuf::from(format!("{}.safetensors", self.name(&m, index))),
+                    source,
+                })?;
+        m.tensors = Vec::new();
+        Ok((m, bytes))
+    }
+}
+
 /// Writes a zoo into `out_dir` (created if missing): `<name>.safetensors`, `<name>.toml`
 /// and `manifest.csv` (columns `path,card` and the card fields). Models are generated and
 /// written in parallel on the current rayon pool; the bytes depend only on `opts`.
@@ -475,39 +529,19 @@ pub fn card_toml(card: &ModelOverrides) -> String {
 /// [`IngestError::GenOption`] for bad options, [`IngestError::Io`] /
 /// [`IngestError::Safetensors`] when writing fails.
 pub fn generate_zoo(out_dir: &Path, opts: &GenOptions) -> Result<GenSummary> {
-    opts.check()?;
+    let generator = Generator::new(opts)?;
     std::fs::create_dir_all(out_dir).map_err(|e| io_error(out_dir, "creating folder", e))?;
-    let base = base_dirs(opts.seed);
     let written: Vec<(PathBuf, GenModel, u64)> = (0..opts.models)
         .into_par_iter()
         .map(|i| -> Result<(PathBuf, GenModel, u64)> {
-            let mut m = generate_with_base(opts, i, &base);
-            let name = m
-                .card
-                .name
-                .clone()
-                .unwrap_or_else(|| format!("model_{i:05}"));
+            let (m, bytes) = generator.safetensors(i)?;
+            let name = generator.name(&m, i);
             let file = out_dir.join(format!("{name}.safetensors"));
-            let mut meta = std::collections::HashMap::new();
-            meta.insert("format".to_owned(), "pt".to_owned());
-            safetensors::serialize_to_file(
-                m.tensors.iter().map(|t| (t.name.as_str(), t)),
-                Some(meta),
-                &file,
-            )
-            .map_err(|source| IngestError::Safetensors {
-                path: file.clone(),
-                source,
-            })?;
+            std::fs::write(&file, &bytes).map_err(|e| io_error(&file, "writing", e))?;
             let card_path = out_dir.join(format!("{name}.toml"));
             std::fs::write(&card_path, card_toml(&m.card))
                 .map_err(|e| io_error(&card_path, "writing", e))?;
-            let bytes = std::fs::metadata(&file)
-                .map_err(|e| io_error(&file, "reading metadata of", e))?
-                .len();
-            // free the weights; keep the card and counts
-            m.tensors = Vec::new();
-            Ok((file, m, bytes))
+            Ok((file, m, bytes.len() as u64))
         })
         .collect::<Result<_>>()?;
 

@@ -407,54 +407,7 @@ pub fn ingest(a: IngestArgs) -> Result<ExitCode> {
         let mut report =
             filterdb_ingest::ingest_manifest(&mut writer, &m.rows, &opts, a.threads, &progress)?;
         report.add_manifest_errors(&m.errors);
-        let secs = started.elapsed().as_secs_f64();
-        for c in &report.committed {
-            println!(
-                "committed  line {:<5} {} -> model {} '{}' ({} layers, {} filters, version {})",
-                c.line,
-                c.path.display(),
-                c.model_id,
-                c.name,
-                c.n_layers,
-                c.n_filters,
-                c.version
-            );
-            // Warnings only: the full report is one `info --model` away.
-            for line in crate::report::warning_lines(&c.report) {
-                println!("           {line}");
-            }
-        }
-        for sk in &report.skipped_present {
-            println!(
-                "skipped    line {:<5} {}: {}",
-                sk.line,
-                sk.path.display(),
-                sk.reason
-            );
-        }
-        for f in &report.failed {
-            eprintln!(
-                "failed     line {:<5} {}: {}",
-                f.line,
-                f.path.display(),
-                f.error
-            );
-        }
-        let filters = report.filters_committed();
-        println!(
-            "{} committed, {} already stored or repeated, {} failed; {} filters in {:.2} s ({:.2}M filters/s)",
-            report.committed.len(),
-            report.skipped_present.len(),
-            report.failed.len(),
-            filters,
-            secs,
-            filters as f64 / secs.max(1e-9) / 1e6
-        );
-        return Ok(if report.failed.is_empty() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        });
+        return Ok(print_bulk(&report, started.elapsed().as_secs_f64()));
     }
     let Some(model) = &a.model else {
         bail!("ingest needs a model file or --manifest FILE");
@@ -490,11 +443,76 @@ pub fn ingest(a: IngestArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Prints a bulk ingest's rows (committed with their warnings, skipped, failed) and a
+/// summary line; the exit code is non-zero if any row failed.
+fn print_bulk(report: &filterdb_ingest::BulkReport, secs: f64) -> ExitCode {
+    for c in &report.committed {
+        println!(
+            "committed  line {:<5} {} -> model {} '{}' ({} layers, {} filters, version {})",
+            c.line,
+            c.path.display(),
+            c.model_id,
+            c.name,
+            c.n_layers,
+            c.n_filters,
+            c.version
+        );
+        // Warnings only: the full report is one `info --model` away.
+        for line in crate::report::warning_lines(&c.report) {
+            println!("           {line}");
+        }
+    }
+    for sk in &report.skipped_present {
+        println!(
+            "skipped    line {:<5} {}: {}",
+            sk.line,
+            sk.path.display(),
+            sk.reason
+        );
+    }
+    for f in &report.failed {
+        eprintln!(
+            "failed     line {:<5} {}: {}",
+            f.line,
+            f.path.display(),
+            f.error
+        );
+    }
+    let filters = report.filters_committed();
+    println!(
+        "{} committed, {} already stored or repeated, {} failed; {} filters in {:.2} s ({:.2}M filters/s)",
+        report.committed.len(),
+        report.skipped_present.len(),
+        report.failed.len(),
+        filters,
+        secs,
+        filters as f64 / secs.max(1e-9) / 1e6
+    );
+    if report.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 /// `filterdb gen`.
 #[derive(Debug, Args)]
 pub struct GenArgs {
     /// Output folder for the zoo (safetensors, cards, manifest.csv).
-    out: PathBuf,
+    #[arg(required_unless_present = "store", conflicts_with = "store")]
+    out: Option<PathBuf>,
+    /// Ingest the zoo straight into this store (made by `filterdb init`) instead of
+    /// writing files: the same models, bytes and names as `gen OUT` followed by
+    /// `ingest --manifest OUT/manifest.csv`, without the intermediate files. A rerun
+    /// commits nothing new.
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// With --store: worker threads (default: the number of cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// With --store: fail at once if another writer holds the store instead of waiting.
+    #[arg(long)]
+    no_wait: bool,
     /// Number of models.
     #[arg(long, default_value_t = 10)]
     models: usize,
@@ -523,16 +541,31 @@ pub fn gen_zoo(a: GenArgs) -> Result<ExitCode> {
         ..defaults
     };
     let started = std::time::Instant::now();
-    let s = filterdb_ingest::generate_zoo(&a.out, &opts)?;
+    if let Some(store) = &a.store {
+        let generator = filterdb_ingest::Generator::new(&opts)?;
+        let store = open(store)?;
+        let mut writer = store.writer(!a.no_wait)?;
+        let progress = crate::progress::BarProgress::new();
+        let report = filterdb_ingest::ingest_generated(
+            &mut writer,
+            &generator,
+            &filterdb_ingest::IngestOptions::default(),
+            a.threads,
+            &progress,
+        )?;
+        return Ok(print_bulk(&report, started.elapsed().as_secs_f64()));
+    }
+    let out = a.out.as_deref().expect("clap requires OUT without --store");
+    let s = filterdb_ingest::generate_zoo(out, &opts)?;
     println!(
         "wrote {} models ({} layers, {} filters, {}) to {} in {:.2} s; manifest: {}",
         s.models,
         s.layers,
         s.filters,
         human_bytes(s.bytes),
-        a.out.display(),
+        out.display(),
         started.elapsed().as_secs_f64(),
-        a.out.join("manifest.csv").display()
+        out.join("manifest.csv").display()
     );
     Ok(ExitCode::SUCCESS)
 }

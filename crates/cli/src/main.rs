@@ -86,7 +86,19 @@ enum DocsCommand {
     Functions(docs::DocsArgs),
 }
 
+/// Output piped into a program that stops reading (`filterdb info | head`) ends the
+/// process quietly, as in other command-line tools, instead of panicking on the failed
+/// write: Rust ignores SIGPIPE by default, so restore the default action.
+fn reset_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any thread exists; SIG_DFL is valid.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    reset_sigpipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Init(a) => commands::init(a),

@@ -814,14 +814,15 @@ impl Binner {
     pub fn count_into(&self, values: &[f64], counts: &mut [i64]) {
         const BLOCK: usize = 9 * 512;
         let stride = self.bins + 1;
-        let offsets: Vec<u32> = (0..BLOCK).map(|p| ((p % 9) * stride) as u32).collect();
-        let mut idx = vec![0u32; BLOCK];
+        let mut idx = vec![0u32; values.len().min(BLOCK)];
         let mut local = vec![0u64; 9 * stride];
         for block in values.chunks(BLOCK) {
             let idx = &mut idx[..block.len()];
-            bin_indices(self, block, &offsets[..block.len()], idx);
-            for &i in idx.iter() {
-                local[i as usize] += 1;
+            bin_indices(self, block, idx);
+            for row in idx.chunks_exact(9) {
+                for (c, &b) in row.iter().enumerate() {
+                    local[c * stride + b as usize] += 1;
+                }
             }
         }
         for c in 0..9 {
@@ -836,19 +837,18 @@ impl Binner {
     }
 }
 
-/// `idx[p] = offsets[p] + bin of values[p]`, or `offsets[p] + bins` (the discard slot)
-/// for a value outside `[lo, hi]` or NaN; [`Binner::bin_of`]'s arithmetic without its
-/// branches.
+/// `idx[p]` = the bin of `values[p]`, or `bins` (the discard slot) for a value outside
+/// `[lo, hi]` or NaN; [`Binner::bin_of`]'s arithmetic without its branches.
 #[multiversion::multiversion(targets(
     "x86_64+avx512f+avx512vl+avx512bw+avx512dq",
     "x86_64+avx2+fma",
     "x86_64+avx"
 ))]
-fn bin_indices(b: &Binner, values: &[f64], offsets: &[u32], idx: &mut [u32]) {
+fn bin_indices(b: &Binner, values: &[f64], idx: &mut [u32]) {
     let (lo, hi, norm, step) = (b.lo, b.hi, b.norm, b.step);
     let bins = b.bins as u32;
     let last = (b.bins - 1) as f64;
-    for ((d, &x), &off) in idx.iter_mut().zip(values).zip(offsets) {
+    for (d, &x) in idx.iter_mut().zip(values) {
         let t = (x - lo) * norm;
         let t = if t > 0.0 { t } else { 0.0 };
         let t = if t < last { t } else { last };
@@ -859,7 +859,7 @@ fn bin_indices(b: &Binner, values: &[f64], offsets: &[u32], idx: &mut [u32]) {
         let inc = !below & (i + 1 < bins) & (x >= lo + (fi + 1.0) * step);
         let i = i - u32::from(dec) + u32::from(inc);
         let valid = x >= lo && x <= hi;
-        *d = off + if valid { i } else { bins };
+        *d = if valid { i } else { bins };
     }
 }
 
