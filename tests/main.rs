@@ -6,7 +6,8 @@
 //! - `crash`: `kill -9` during ingest, repeated, never corrupts a store;
 //! - `concurrency`: two writers and readers on one store;
 //! - `report`: the validation report of every ingest (warning codes, `--allow-empty`);
-//! - `scan`: filterdb's scan of the filter files (pruning, other Parquet layouts).
+//! - `scan`: filterdb's scan of the filter files (pruning by model, statistics and join
+//!   filters; other Parquet layouts).
 //!
 //! `FILTERDB_SLT_COMPLETE=1 cargo test --test integration slt` rewrites the `.slt`
 //! goldens (check every changed value by hand before committing).

@@ -1,11 +1,242 @@
 //! filterdb's scan of `filter_columns` (crates/sql/src/scan.rs): pruning by model id from
-//! the log, and files in a form filterdb does not write (compressed weight pages) read
+//! the log, by row-group statistics and by joins' dynamic filters (issue 5, "Selective
+//! queries"), and files in a form filterdb does not write (compressed weight pages) read
 //! through parquet-rs's reader with the same answers.
 
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, OnceLock};
+
+use arrow::array::AsArray;
+use arrow::datatypes::Int64Type;
+use datafusion::physical_plan::{ExecutionPlan, collect};
 
 use crate::common::{fixture_store, ok, s};
+
+/// Rows per row group of a store's filter files (`filterdb_store::FILTERS_ROW_GROUP`).
+const GROUP: i64 = 262_144;
+
+/// A store whose two bigger models span two row groups each (278,720 and 389,312
+/// filters, 10 layers per model), built once per test run (about 6 s in debug).
+fn big_store() -> &'static Path {
+    static STORE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    let (_, p) = STORE.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let zoo = dir.path().join("zoo");
+        let p = dir.path().join("store");
+        ok(&[
+            "gen",
+            s(&zoo),
+            "--models",
+            "3",
+            "--seed",
+            "3",
+            "--max-channels",
+            "256",
+            "--min-layers",
+            "10",
+            "--max-layers",
+            "10",
+        ]);
+        ok(&["init", s(&p), "--precision", "f16"]);
+        ok(&[
+            "ingest",
+            "--store",
+            s(&p),
+            "--manifest",
+            s(&zoo.join("manifest.csv")),
+            "--threads",
+            "1",
+        ]);
+        (dir, p)
+    });
+    p
+}
+
+/// Run `sql` in-process on `store` (dynamic filters on or off): its answer as text and
+/// the metrics of its `FilterScanExec`, summed over partitions.
+fn run(store: &Path, sql: &str, dynamic_filters: bool) -> (String, BTreeMap<String, usize>) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let st = filterdb_store::Store::open(store).expect("open store");
+        let ctx = filterdb_sql::store_session(&st, None, &Default::default())
+            .await
+            .expect("session");
+        ctx.sql(&format!(
+            "SET datafusion.optimizer.enable_dynamic_filter_pushdown = {dynamic_filters}"
+        ))
+        .await
+        .expect("set");
+        let plan = ctx
+            .sql(sql)
+            .await
+            .expect("plan")
+            .create_physical_plan()
+            .await
+            .expect("physical plan");
+        let batches = collect(Arc::clone(&plan), ctx.task_ctx())
+            .await
+            .expect("run");
+        let answer = arrow::util::pretty::pretty_format_batches(&batches)
+            .expect("format")
+            .to_string();
+        let mut metrics = BTreeMap::new();
+        let mut stack: Vec<Arc<dyn ExecutionPlan>> = vec![plan];
+        while let Some(p) = stack.pop() {
+            if p.name() == "FilterScanExec" {
+                for m in p.metrics().expect("metrics").aggregate_by_name().iter() {
+                    *metrics.entry(m.value().name().to_string()).or_default() +=
+                        m.value().as_usize();
+                }
+            }
+            stack.extend(p.children().into_iter().cloned());
+        }
+        (answer, metrics)
+    })
+}
+
+/// The Int64 cells of a one-or-more-column query, row by row.
+fn int_rows(store: &Path, sql: &str) -> Vec<Vec<i64>> {
+    let mut rows = Vec::new();
+    for b in crate::common::query(store, sql) {
+        for r in 0..b.num_rows() {
+            rows.push(
+                b.columns()
+                    .iter()
+                    .map(|c| {
+                        let c = arrow::compute::cast(c, &arrow::datatypes::DataType::Int64)
+                            .expect("integer column");
+                        c.as_primitive::<Int64Type>().value(r)
+                    })
+                    .collect(),
+            );
+        }
+    }
+    rows
+}
+
+/// The row groups holding the layers that pass `cond` (a condition on `model_id` and
+/// `layer_idx`), from the `layers` table: a model's filters are stored in layer order
+/// from its first filter id.
+fn row_groups_of_layers(store: &Path, cond: &str) -> usize {
+    let first: BTreeMap<i64, i64> = int_rows(
+        store,
+        "SELECT model_id, min(first_filter_id) FROM layers GROUP BY model_id",
+    )
+    .into_iter()
+    .map(|r| (r[0], r[1]))
+    .collect();
+    let mut groups = BTreeSet::new();
+    for r in int_rows(
+        store,
+        &format!("SELECT model_id, first_filter_id, n_filters FROM layers WHERE {cond}"),
+    ) {
+        let start = r[1] - first[&r[0]];
+        for g in start / GROUP..=(start + r[2] - 1) / GROUP {
+            groups.insert((r[0], g));
+        }
+    }
+    groups.len()
+}
+
+/// A condition that never holds and reads a weight column: `(cond) OR NEVER` keeps the
+/// answer of `cond` but gives the scan nothing to prune with.
+const NEVER: &str = "w0 < -1e30";
+
+const SLICE_SUMS: &str = "SELECT count(*) AS n, sum(filter_id) AS ids, \
+    sum(CAST(w0 AS DOUBLE)) AS s0, sum(CAST(w8 AS DOUBLE)) AS s8 FROM filter_columns";
+
+// See: issue 5. One layer, one model's layers, layers of every model: only their row
+// groups are read, and the answer is that of a scan that cannot prune.
+#[test]
+fn layer_conditions_read_only_their_row_groups() {
+    let store = big_store();
+    let (_, all) = run(store, &format!("{SLICE_SUMS} WHERE {NEVER}"), true);
+    let total = all["row_groups_scanned"];
+    assert!(total >= 5, "{all:?}");
+    for cond in [
+        "layer_idx = 9",
+        "model_id = 1 AND layer_idx = 9",
+        "model_id = 0 AND layer_idx BETWEEN 0 AND 2",
+        "layer_idx IN (0, 1)",
+    ] {
+        let (got, m) = run(store, &format!("{SLICE_SUMS} WHERE {cond}"), true);
+        let (want, full) = run(
+            store,
+            &format!("{SLICE_SUMS} WHERE ({cond}) OR {NEVER}"),
+            true,
+        );
+        assert_eq!(got, want, "{cond}");
+        assert_eq!(full["row_groups_scanned"], total, "{cond}: {full:?}");
+        let groups = row_groups_of_layers(store, cond);
+        assert!(groups < total, "{cond}: a test that cannot show pruning");
+        assert_eq!(m["row_groups_scanned"], groups, "{cond}: {m:?}");
+        assert!(
+            m["bytes_scanned"] < full["bytes_scanned"],
+            "{cond}: {m:?} vs {full:?}"
+        );
+        assert!(
+            m["row_groups_pruned"] + m["files_pruned"] > 0,
+            "{cond}: {m:?}"
+        );
+    }
+}
+
+// See: issue 5. A condition on the models table (task, name) reaches the filter scan
+// as the hash join's dynamic filter: only the matching models' files are read.
+#[test]
+fn task_and_model_name_conditions_read_only_their_models() {
+    let store = fixture_store("f16");
+    let models = int_rows(store, "SELECT count(*) FROM models")[0][0] as usize;
+    let cases = [
+        (
+            "SELECT count(*), sum(filter_id), sum(CAST(weights[5] AS DOUBLE)) FROM filters_meta \
+             WHERE task = 'Object Detection'",
+            "task = 'Object Detection'",
+        ),
+        (
+            "SELECT count(*), sum(f.filter_id), sum(CAST(f.weights[1] AS DOUBLE)) \
+             FROM filters f JOIN models m ON f.model_id = m.model_id WHERE m.name = 'densenet_00002'",
+            "name = 'densenet_00002'",
+        ),
+    ];
+    for (sql, cond) in cases {
+        let matching = int_rows(store, &format!("SELECT count(*) FROM models WHERE {cond}"))[0][0];
+        assert!(matching > 0 && (matching as usize) < models, "{cond}");
+        let (got, m) = run(store, sql, true);
+        let (want, full) = run(store, sql, false);
+        assert_eq!(got, want, "{cond}");
+        // Every fixture model is one file of one row group.
+        assert_eq!(full["row_groups_scanned"], models, "{full:?}");
+        assert_eq!(m["row_groups_scanned"], matching as usize, "{cond}: {m:?}");
+        assert_eq!(
+            m["files_pruned_dynamic"],
+            models - matching as usize,
+            "{cond}: {m:?}"
+        );
+        assert!(m["bytes_scanned"] < full["bytes_scanned"], "{cond}: {m:?}");
+    }
+    // The metrics as the command shows them.
+    let plan = ok(&[
+        "sql",
+        "--store",
+        s(store),
+        "--format",
+        "csv",
+        "EXPLAIN ANALYZE SELECT count(*) FROM filters_meta WHERE task = 'Object Detection'",
+    ]);
+    let line = plan
+        .lines()
+        .find(|l| l.contains("FilterScanExec"))
+        .unwrap_or_else(|| panic!("{plan}"));
+    assert!(line.contains("predicate=DynamicFilter"), "{line}");
+    assert!(line.contains("files_pruned_dynamic=4"), "{line}");
+    assert!(
+        line.contains("row_groups_scanned=2,") || line.contains("row_groups_scanned=2]"),
+        "{line}"
+    );
+}
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -36,6 +267,8 @@ fn model_id_conditions_prune_files() {
     ]);
     assert!(plan.contains("FilterScanExec: files=1,"), "{plan}");
     assert!(plan.contains("bytes_scanned="), "{plan}");
+    assert!(plan.contains("pruned=[files=5, row_groups=0]"), "{plan}");
+    assert!(plan.contains("files_pruned=5"), "{plan}");
     let all = ok(&[
         "sql",
         "--store",
