@@ -14,7 +14,7 @@ use std::sync::{Arc, LazyLock};
 use arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray, StructArray};
 use arrow::buffer::NullBuffer;
 use arrow::compute::{CastOptions, cast_with_options};
-use arrow::datatypes::{DataType, Fields};
+use arrow::datatypes::{DataType, Fields, Float64Type, Int64Type};
 use datafusion::common::{Result, ScalarValue, exec_datafusion_err, exec_err, plan_err};
 use datafusion::logical_expr::{
     ColumnarValue, DocSection, Documentation, DocumentationBuilder, ScalarFunctionArgs, ScalarUDF,
@@ -59,18 +59,116 @@ pub fn pca_project_rows_kernel(f: &Filters<'_>, bases: &dyn Array) -> Result<Fix
     }
     let mut values = vec![0f64; f.len() * 9];
     let mut valid = vec![false; f.len()];
-    for (i, out) in values.chunks_exact_mut(9).enumerate() {
-        if f.is_null(i) {
+    // Rows of a basis column usually share one basis (a CROSS JOIN with the fitted
+    // basis): each run of equal bases is decoded once and projected by the batch kernel.
+    let rows = BasisRows::try_new(bases)?;
+    let flat32 = f.flat_f32();
+    let flat64 = if flat32.is_none() {
+        Some(f.flat_f64())
+    } else {
+        None
+    };
+    let mut i = 0;
+    while i < f.len() {
+        let Some(b) = rows.get(i)? else {
+            i += 1;
             continue;
+        };
+        let mut end = i + 1;
+        while end < f.len() && rows.same(i, end) {
+            end += 1;
         }
-        if let Some(b) = Basis::from_array(bases, i)? {
-            out.copy_from_slice(&b.project(&f.get(i)));
-            valid[i] = true;
+        let out = match (flat32, &flat64) {
+            (Some(x), _) => b.project_f32(&x[9 * i..9 * end]),
+            (None, Some(x)) => b.project_f64(&x[9 * i..9 * end]),
+            (None, None) => unreachable!("one of the two is set"),
+        };
+        values[9 * i..9 * end].copy_from_slice(&out);
+        valid[i..end].fill(true);
+        i = end;
+    }
+    if let Some(nulls) = f.nulls() {
+        for (k, v) in nulls.iter().enumerate() {
+            if !v {
+                valid[k] = false;
+                values[9 * k..9 * k + 9].fill(0.0);
+            }
         }
     }
     let nulls = NullBuffer::from(valid);
     let nulls = (nulls.null_count() > 0).then_some(nulls);
     fsl_f64(9, values, nulls)
+}
+
+/// A basis column read row by row: [`Basis::from_array`], plus a cheap test of whether
+/// two rows hold the same basis (their raw float64 fields compared) when the fields are
+/// float64, as `pca_fit` returns them.
+struct BasisRows<'a> {
+    array: &'a dyn Array,
+    /// The float64 values of mean, components, explained_variance and
+    /// explained_variance_ratio (9, 81, 9, 9 per row) and n, when they are float64.
+    raw: Option<([&'a [f64]; 4], &'a [i64])>,
+}
+
+impl<'a> BasisRows<'a> {
+    fn try_new(array: &'a dyn Array) -> Result<BasisRows<'a>> {
+        let Some(s) = array.as_struct_opt() else {
+            return exec_err!(
+                "expected a PCA basis (the struct pca_fit returns), got {}",
+                array.data_type()
+            );
+        };
+        let flat = |name: &str, per: usize| -> Option<&'a [f64]> {
+            let mut a = s.column_by_name(name)?.as_fixed_size_list_opt()?;
+            let mut width = a.value_length() as usize;
+            let mut unsliced = a.offset() == 0;
+            if let Some(inner) = a.values().as_fixed_size_list_opt() {
+                width *= inner.value_length() as usize;
+                unsliced &= inner.offset() == 0;
+                a = inner;
+            }
+            let v = a.values().as_primitive_opt::<Float64Type>()?;
+            (width == per && unsliced)
+                .then(|| v.values().as_ref())
+                .filter(|v| v.len() >= per * s.len())
+        };
+        let n = s
+            .column_by_name("n")
+            .and_then(|a| a.as_primitive_opt::<Int64Type>())
+            .filter(|a| a.offset() == 0)
+            .map(|a| a.values().as_ref());
+        let raw = match (
+            flat("mean", 9),
+            flat("components", 81),
+            flat("explained_variance", 9),
+            flat("explained_variance_ratio", 9),
+            n,
+        ) {
+            (Some(a), Some(b), Some(c), Some(d), Some(n)) if s.nulls().is_none() => {
+                Some(([a, b, c, d], n))
+            }
+            _ => None,
+        };
+        Ok(BasisRows { array, raw })
+    }
+
+    fn get(&self, row: usize) -> Result<Option<Basis>> {
+        Basis::from_array(self.array, row)
+    }
+
+    /// Whether rows `a` and `b` hold bit-identical bases (false when unknown).
+    fn same(&self, a: usize, b: usize) -> bool {
+        let Some((fields, n)) = &self.raw else {
+            return false;
+        };
+        n[a] == n[b]
+            && fields.iter().zip([9, 81, 9, 9]).all(|(v, per)| {
+                v[per * a..per * (a + 1)]
+                    .iter()
+                    .zip(&v[per * b..per * (b + 1)])
+                    .all(|(x, y)| x.to_bits() == y.to_bits())
+            })
+    }
 }
 
 /// Check the basis argument for `coerce_types`: a struct with (at least) the five basis
@@ -326,6 +424,62 @@ mod tests {
             row(&out, 1),
             vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
         );
+    }
+
+    /// A basis column with runs of equal bases, a change of basis and a NULL basis:
+    /// every row is projected on its own basis, as row-by-row `project` does.
+    #[test]
+    fn basis_column_with_runs_projects_each_row_on_its_basis() {
+        let b1 = reversed_basis();
+        let mut b2 = reversed_basis();
+        b2.mean[0] = -3.5;
+        b2.components.swap(0, 1);
+        // with a NULL basis (decoded row by row) and without (runs compared raw)
+        for which in [
+            [
+                Some(&b1),
+                Some(&b1),
+                Some(&b2),
+                None,
+                Some(&b2),
+                Some(&b1),
+                Some(&b1),
+            ],
+            [
+                Some(&b1),
+                Some(&b1),
+                Some(&b2),
+                Some(&b2),
+                Some(&b2),
+                Some(&b1),
+                Some(&b1),
+            ],
+        ] {
+            check_basis_runs(&which);
+        }
+    }
+
+    fn check_basis_runs(which: &[Option<&Basis>]) {
+        let bases: Vec<Option<Basis>> = which.iter().map(|b| b.cloned()).collect();
+        let rows: Vec<[f64; 9]> = (0..which.len())
+            .map(|i| std::array::from_fn(|j| (i * 9 + j) as f64 * 0.37 - 4.0))
+            .collect();
+        let a = filters(&rows, None);
+        let out = invoke(
+            ColumnarValue::Array(Arc::new(a)),
+            ColumnarValue::Array(Basis::to_array(&bases).unwrap()),
+            rows.len(),
+        );
+        for (i, b) in which.iter().enumerate() {
+            match b {
+                Some(b) => {
+                    let want: Vec<u64> = b.project(&rows[i]).iter().map(|v| v.to_bits()).collect();
+                    let got: Vec<u64> = row(&out, i).iter().map(|v| v.to_bits()).collect();
+                    assert_eq!(got, want, "row {i}");
+                }
+                None => assert!(out.is_null(i), "row {i}"),
+            }
+        }
     }
 
     #[test]
