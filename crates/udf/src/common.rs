@@ -203,56 +203,6 @@ pub const fn tri(i: usize, j: usize) -> usize {
     i * 9 - i * (i + 1) / 2 + j
 }
 
-/// `C = A B` for row-major `A` (`m x k`) and `B` (`k x n`) given by their strides, into
-/// row-major `c` (`m x n`): `matrixmultiply`'s dgemm, which picks its AVX2/FMA or
-/// AVX-512 kernel at run time (nalgebra already depends on it), so batch products of
-/// 9-vectors run at SIMD speed in a build without `target-cpu`.
-///
-/// # Panics
-/// If a slice is too short for its dimensions and strides.
-pub fn gemm_f64(
-    (m, k, n): (usize, usize, usize),
-    a: (&[f64], usize, usize),
-    b: (&[f64], usize, usize),
-    c: &mut [f64],
-) {
-    let last = |rows: usize, cols: usize, rs: usize, cs: usize| {
-        if rows == 0 || cols == 0 {
-            0
-        } else {
-            (rows - 1) * rs + (cols - 1) * cs + 1
-        }
-    };
-    assert!(a.0.len() >= last(m, k, a.1, a.2), "gemm: A too short");
-    assert!(b.0.len() >= last(k, n, b.1, b.2), "gemm: B too short");
-    assert!(c.len() >= m * n, "gemm: C too short");
-    if m == 0 || n == 0 {
-        return;
-    }
-    let s = |x: usize| isize::try_from(x).expect("stride fits isize");
-    // SAFETY: the asserts above keep every element dgemm reads within `a` and `b` and
-    // every element it writes within `c` (row-major, row stride n, column stride 1, no
-    // aliasing); beta = 0 means `c` is only written.
-    unsafe {
-        matrixmultiply::dgemm(
-            m,
-            k,
-            n,
-            1.0,
-            a.0.as_ptr(),
-            s(a.1),
-            s(a.2),
-            b.0.as_ptr(),
-            s(b.1),
-            s(b.2),
-            0.0,
-            c.as_mut_ptr(),
-            s(n),
-            1,
-        );
-    }
-}
-
 /// Count, sums and sums of products of 9-vectors (f64): enough for a mean and covariance.
 ///
 /// `s2` holds the 45 entries of the upper triangle of `sum x x^T`. Merging adds the
@@ -292,28 +242,40 @@ impl Moments {
         }
     }
 
-    /// Add `rows.len() / 9` vectors stored row after row: the sums of products come from
-    /// one `X^T X` product ([`gemm_f64`]) instead of 45 scalar updates per vector.
-    pub fn add_rows(&mut self, rows: &[f64]) {
-        let k = rows.len() / 9;
-        if k == 0 {
-            return;
-        }
-        let rows = &rows[..k * 9];
-        let mut g = [0f64; 81];
-        // A = X^T (9 x k: element (i, p) = rows[9 p + i]), B = X (k x 9).
-        gemm_f64((9, k, 9), (rows, 1, 9), (rows, 9, 1), &mut g);
-        self.n += k as u64;
-        for r in rows.chunks_exact(9) {
-            for (s, v) in self.s1.iter_mut().zip(r) {
-                *s += v;
-            }
-        }
+    /// Runs `f` on the sums with `s2` unpacked to a full 9x9 matrix (upper triangle
+    /// meaningful), then packs it back.
+    #[expect(
+        clippy::needless_range_loop,
+        reason = "index form mirrors the packed-triangle formula"
+    )]
+    fn with_full(&mut self, f: impl FnOnce(&mut [f64; 9], &mut [[f64; 9]; 9])) {
+        let mut full = [[0.0; 9]; 9];
         for i in 0..9 {
             for j in i..9 {
-                self.s2[tri(i, j)] += g[i * 9 + j];
+                full[i][j] = self.s2[tri(i, j)];
             }
         }
+        f(&mut self.s1, &mut full);
+        for i in 0..9 {
+            for j in i..9 {
+                self.s2[tri(i, j)] = full[i][j];
+            }
+        }
+    }
+
+    /// Add `rows.len() / 9` vectors stored row after row; the bits of [`Moments::add`]
+    /// called row by row.
+    pub fn add_rows(&mut self, rows: &[f64]) {
+        self.n += (rows.len() / 9) as u64;
+        self.with_full(|s1, s2| crate::simd::moments_portable(rows, &[0.0; 9], s1, s2));
+    }
+
+    /// Add `rows.len() / 9` f32 vectors minus `shift`, through the SIMD kernel
+    /// [`crate::simd::moments_add_f32`]; the bits of [`Moments::add`] called row by row
+    /// on the shifted vectors.
+    pub fn add_rows_f32(&mut self, rows: &[f32], shift: &[f64; 9]) {
+        self.n += (rows.len() / 9) as u64;
+        self.with_full(|s1, s2| crate::simd::moments_add_f32(rows, shift, s1, s2));
     }
 
     /// Add another partial result.

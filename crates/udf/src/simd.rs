@@ -132,6 +132,39 @@ pub fn project_portable<T: Copy + Into<f64>>(
     }
 }
 
+/// Adds rows of 9 values (`rows`, row-major, f32), each minus `shift`, to the running
+/// sums `s1 += d` and `s2 += d d^T` (`s2` full 9x9, only the upper triangle `j >= i`
+/// is kept meaningful). Row after row into the same accumulators, with separate
+/// multiplies and adds: the bits of [`crate::common::Moments::add`] called row by row,
+/// on every CPU.
+pub fn moments_add_f32(rows: &[f32], shift: &[f64; 9], s1: &mut [f64; 9], s2: &mut [[f64; 9]; 9]) {
+    assert_eq!(rows.len() % 9, 0);
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU supports AVX-512F (checked by `isa`); rows are whole.
+        Isa::Avx512 => unsafe { x86::moments_avx512(rows, shift, s1, s2) },
+        _ => moments_portable(rows, shift, s1, s2),
+    }
+}
+
+/// The portable [`moments_add_f32`], generic over the input float.
+pub fn moments_portable<T: Copy + Into<f64>>(
+    rows: &[T],
+    shift: &[f64; 9],
+    s1: &mut [f64; 9],
+    s2: &mut [[f64; 9]; 9],
+) {
+    for x in rows.chunks_exact(9) {
+        let d: [f64; 9] = std::array::from_fn(|j| x[j].into() - shift[j]);
+        for i in 0..9 {
+            s1[i] += d[i];
+            for j in i..9 {
+                s2[i][j] += d[i] * d[j];
+            }
+        }
+    }
+}
+
 /// A vector of `len` values written by `fill`.
 ///
 /// # Safety
@@ -232,6 +265,46 @@ mod x86 {
             // SAFETY: o has 9 values; 8 are written.
             unsafe { _mm512_storeu_pd(o.as_mut_ptr().cast(), acc) };
             o[8].write(last);
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX-512F; `rows.len()` is a multiple of 9.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn moments_avx512(
+        rows: &[f32],
+        shift: &[f64; 9],
+        s1: &mut [f64; 9],
+        s2: &mut [[f64; 9]; 9],
+    ) {
+        // SAFETY (all loads and stores below): every array has 9 values; 8 are accessed.
+        let sh = unsafe { _mm512_loadu_pd(shift.as_ptr()) };
+        let mut v1 = unsafe { _mm512_loadu_pd(s1.as_ptr()) };
+        let mut acc: [__m512d; 9] =
+            std::array::from_fn(|i| unsafe { _mm512_loadu_pd(s2[i].as_ptr()) });
+        let mut last: [f64; 9] = std::array::from_fn(|i| s2[i][8]);
+        let mut s18 = s1[8];
+        for x in rows.chunks_exact(9) {
+            let d8 = _mm512_sub_pd(_mm512_cvtps_pd(unsafe { _mm256_loadu_ps(x.as_ptr()) }), sh);
+            let mut d = [0f64; 8];
+            unsafe { _mm512_storeu_pd(d.as_mut_ptr(), d8) };
+            let dl = f64::from(x[8]) - shift[8];
+            v1 = _mm512_add_pd(v1, d8);
+            s18 += dl;
+            for i in 0..8 {
+                acc[i] = _mm512_add_pd(acc[i], _mm512_mul_pd(_mm512_set1_pd(d[i]), d8));
+                last[i] += d[i] * dl;
+            }
+            // row 8: only (8, 8) is in the upper triangle
+            last[8] += dl * dl;
+        }
+        unsafe { _mm512_storeu_pd(s1.as_mut_ptr(), v1) };
+        s1[8] = s18;
+        for i in 0..8 {
+            unsafe { _mm512_storeu_pd(s2[i].as_mut_ptr(), acc[i]) };
+        }
+        for i in 0..9 {
+            s2[i][8] = last[i];
         }
     }
 
@@ -348,6 +421,24 @@ mod tests {
             for isa in supported() {
                 let got = run(x.len(), |o| project_with(isa, &m, &c, &x, o));
                 prop_assert_eq!(bits64(&got), bits64(&want), "{:?}", isa);
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn moments_versions_agree(x in proptest::collection::vec(-2.0f32..2.0, 0..60usize)
+            .prop_map(|mut v| { v.truncate(v.len() / 9 * 9); v }),
+            shift in proptest::array::uniform9(-1.0f64..1.0),
+            start in proptest::array::uniform9(-1.0f64..1.0)) {
+            let s2_0: [[f64; 9]; 9] = std::array::from_fn(|i| std::array::from_fn(|j| start[i] * start[j]));
+            let (mut a1, mut a2) = (start, s2_0);
+            moments_portable(&x, &shift, &mut a1, &mut a2);
+            let (mut b1, mut b2) = (start, s2_0);
+            moments_add_f32(&x, &shift, &mut b1, &mut b2);
+            prop_assert_eq!(bits64(&a1), bits64(&b1));
+            for i in 0..9 {
+                prop_assert_eq!(bits64(&a2[i][i..]), bits64(&b2[i][i..]), "row {}", i);
             }
         }
     }

@@ -96,18 +96,23 @@ pub(crate) fn pca_fit_update(
     touched: &mut Vec<usize>,
 ) {
     if weights.nulls().is_none() && filter.is_none() {
-        // Runs of one group (a whole batch without GROUP BY) go through one X^T X product.
-        let flat = weights.flat_f64();
+        // Runs of one group (a whole batch without GROUP BY) through the SIMD kernel
+        // (the bits of `Moments::add` row by row).
+        let flat32 = weights.flat_f32();
+        let flat64 = if flat32.is_none() {
+            Some(weights.flat_f64())
+        } else {
+            None
+        };
         for (g, rows) in group_runs(group_indices) {
             if moments[g].n == 0 {
                 touched.push(g);
             }
-            if rows.len() >= 16 {
-                moments[g].add_rows(&flat[9 * rows.start..9 * rows.end]);
-            } else {
-                for i in rows {
-                    moments[g].add(&weights.get(i));
-                }
+            let (a, b) = (9 * rows.start, 9 * rows.end);
+            match (flat32, &flat64) {
+                (Some(x), _) => moments[g].add_rows_f32(&x[a..b], &[0.0; 9]),
+                (None, Some(x)) => moments[g].add_rows(&x[a..b]),
+                (None, None) => unreachable!("one of the two is set"),
             }
         }
     } else {

@@ -51,12 +51,6 @@ use crate::common::{
     sym_eigen_desc, tri, variance_entropy_of,
 };
 
-/// Runs of a group shorter than this are added row by row ([`Moments::add`]); longer
-/// ones through one matrix product ([`Moments::add_rows`]), whose SIMD kernel depends
-/// on the CPU, so that small results (and the examples in docs/functions.md) have the
-/// same bits everywhere.
-const SMALL_RUN: usize = 64;
-
 /// Scalar reference: `H` of a set of filters by the two-pass centred covariance (of the
 /// filters minus the first one, which changes nothing but rounding)
 /// (0 for `n <= 2` and when the variances sum to 0).
@@ -215,28 +209,25 @@ impl GroupAgg for MomentsAgg {
         };
         let f = Filters::try_new(self.name(), w.as_ref())?;
         if f.nulls().is_none() && filter.is_none() {
-            let flat = f.flat_f64();
-            let mut shifted = Vec::new();
+            let flat32 = f.flat_f32();
             for (g, rows) in group_runs(groups) {
                 let st = &mut self.groups[g];
-                let run = &flat[9 * rows.start..9 * rows.end];
-                if rows.len() < SMALL_RUN {
-                    // Few rows: one at a time (the same bits on every CPU).
-                    for r in run.chunks_exact(9) {
-                        st.add(r.try_into().expect("chunks of 9"));
+                match flat32 {
+                    // The SIMD kernel: the bits of `ShiftedMoments::add` row by row.
+                    Some(x) => {
+                        let run = &x[9 * rows.start..9 * rows.end];
+                        if st.m.n == 0 && !run.is_empty() {
+                            st.shift = std::array::from_fn(|i| f64::from(run[i]));
+                        }
+                        let shift = st.shift;
+                        st.m.add_rows_f32(run, &shift);
                     }
-                    continue;
+                    None => {
+                        for i in rows {
+                            st.add(&f.get(i));
+                        }
+                    }
                 }
-                if st.m.n == 0 {
-                    st.shift.copy_from_slice(&run[..9]);
-                }
-                let shift = st.shift;
-                shifted.clear();
-                shifted.extend(
-                    run.chunks_exact(9)
-                        .flat_map(|r| std::array::from_fn::<f64, 9, _>(|i| r[i] - shift[i])),
-                );
-                st.m.add_rows(&shifted);
             }
         } else {
             for (i, &g) in groups.iter().enumerate() {
