@@ -44,14 +44,22 @@ pub fn fails(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// A tokio runtime and a session over the latest version of `store`, as the CLI builds it.
+pub fn store_ctx(store: &Path) -> (tokio::runtime::Runtime, datafusion::prelude::SessionContext) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let ctx = rt.block_on(async {
+        let st = filterdb_store::Store::open(store).expect("open store");
+        filterdb_sql::store_session(&st, None, &Default::default())
+            .await
+            .expect("session")
+    });
+    (rt, ctx)
+}
+
 /// Run `sql` over the latest version of `store` in-process; panics on any error.
 pub fn query(store: &Path, sql: &str) -> Vec<arrow::array::RecordBatch> {
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (rt, ctx) = store_ctx(store);
     rt.block_on(async {
-        let st = filterdb_store::Store::open(store).expect("open store");
-        let ctx = filterdb_sql::store_session(&st, None, &Default::default())
-            .await
-            .expect("session");
         ctx.sql(sql)
             .await
             .expect("plan")

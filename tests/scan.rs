@@ -12,7 +12,7 @@ use arrow::array::AsArray;
 use arrow::datatypes::Int64Type;
 use datafusion::physical_plan::{ExecutionPlan, collect};
 
-use crate::common::{fixture_store, ok, s};
+use crate::common::{fixture_store, ok, s, store_ctx};
 
 /// Rows per row group of a store's filter files (`filterdb_store::FILTERS_ROW_GROUP`).
 const GROUP: i64 = 262_144;
@@ -57,12 +57,8 @@ fn big_store() -> &'static Path {
 /// Run `sql` in-process on `store` (dynamic filters on or off): its answer as text and
 /// the metrics of its `FilterScanExec`, summed over partitions.
 fn run(store: &Path, sql: &str, dynamic_filters: bool) -> (String, BTreeMap<String, usize>) {
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (rt, ctx) = store_ctx(store);
     rt.block_on(async {
-        let st = filterdb_store::Store::open(store).expect("open store");
-        let ctx = filterdb_sql::store_session(&st, None, &Default::default())
-            .await
-            .expect("session");
         ctx.sql(&format!(
             "SET datafusion.optimizer.enable_dynamic_filter_pushdown = {dynamic_filters}"
         ))
