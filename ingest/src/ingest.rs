@@ -382,16 +382,17 @@ pub fn ingest_manifest(
     progress: &dyn Progress,
 ) -> Result<BulkReport> {
     let mut report = BulkReport::default();
-    let size_of = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-    progress.start(
-        rows.len() as u64,
-        rows.iter().map(|r| size_of(&r.path)).sum(),
-    );
+    // Each file's size, read once (for the progress bar's bytes).
+    let sizes: Vec<u64> = rows
+        .iter()
+        .map(|r| std::fs::metadata(&r.path).map(|m| m.len()).unwrap_or(0))
+        .collect();
+    progress.start(rows.len() as u64, sizes.iter().sum());
 
     // The same file twice: only the first row counts.
     let mut first_line: HashMap<&Path, usize> = HashMap::new();
     let mut todo: Vec<Job<'_>> = Vec::with_capacity(rows.len());
-    for r in rows {
+    for (r, &bytes) in rows.iter().zip(&sizes) {
         if let Some(&l) = first_line.get(r.path.as_path()) {
             report.skipped_present.push(SkippedRow {
                 line: r.line,
@@ -400,13 +401,13 @@ pub fn ingest_manifest(
                 name: None,
                 reason: format!("same file as line {l}"),
             });
-            progress.model_done(0, size_of(&r.path));
+            progress.model_done(0, bytes);
         } else {
             first_line.insert(&r.path, r.line);
             todo.push(Job {
                 line: r.line,
                 path: r.path.clone(),
-                bytes: size_of(&r.path),
+                bytes,
                 source: JobSource::File {
                     card: r.card.as_deref(),
                     overrides: &r.overrides,

@@ -139,25 +139,10 @@ impl<'a> Filters<'a> {
         out
     }
 
-    /// The rows as one flat f32 slice (`9 * len()` values) when the input is float16
-    /// (widened once) or float32; `None` for float64 input.
-    pub fn flat_f32(&self) -> Option<&[f32]> {
-        match &self.values {
-            Values::F32(v) => {
-                let start = if self.is_empty() {
-                    0
-                } else {
-                    self.list.value_offset(0) as usize
-                };
-                Some(&v[start..start + 9 * self.len()])
-            }
-            Values::F64(_) => None,
-        }
-    }
-
-    /// The rows as one flat f64 slice, `9 * len()` values (row `i` at `9 i`; NULL rows
-    /// hold whatever their slots hold): borrowed for float64 input, widened once otherwise.
-    pub fn flat_f64(&self) -> Cow<'_, [f64]> {
+    /// The rows as one flat slice, `9 * len()` values (row `i` at `9 i`; NULL rows hold
+    /// whatever their slots hold), in the type the values are held in: f32 for float16
+    /// (widened once) and float32 input, f64 for float64 input. Never copies.
+    pub fn flat(&self) -> Flat<'_> {
         let start = if self.is_empty() {
             0
         } else {
@@ -165,10 +150,36 @@ impl<'a> Filters<'a> {
         };
         let end = start + 9 * self.len();
         match &self.values {
-            Values::F64(v) => Cow::Borrowed(&v[start..end]),
-            Values::F32(v) => Cow::Owned(v[start..end].iter().map(|&x| f64::from(x)).collect()),
+            Values::F32(v) => Flat::F32(&v[start..end]),
+            Values::F64(v) => Flat::F64(&v[start..end]),
         }
     }
+
+    /// The rows as one flat f32 slice when the input is float16 (widened once) or
+    /// float32; `None` for float64 input.
+    pub fn flat_f32(&self) -> Option<&[f32]> {
+        match self.flat() {
+            Flat::F32(v) => Some(v),
+            Flat::F64(_) => None,
+        }
+    }
+
+    /// The rows as one flat f64 slice: borrowed for float64 input, widened otherwise.
+    pub fn flat_f64(&self) -> Cow<'_, [f64]> {
+        match self.flat() {
+            Flat::F64(v) => Cow::Borrowed(v),
+            Flat::F32(v) => Cow::Owned(v.iter().map(|&x| f64::from(x)).collect()),
+        }
+    }
+}
+
+/// The values of a [`Filters`] as one flat slice, see [`Filters::flat`].
+#[derive(Debug, Clone, Copy)]
+pub enum Flat<'a> {
+    /// float16 (widened) or float32 input.
+    F32(&'a [f32]),
+    /// float64 input.
+    F64(&'a [f64]),
 }
 
 /// Build a `FixedSizeList<Float64, n>` from `rows * n` flat values.
@@ -768,13 +779,25 @@ impl Binner {
     /// Adds rows of 9 coefficients (`values`, row-major) to `counts`
     /// (`counts[c * bins + b]`), with [`Binner::bin_of`]'s semantics for every value.
     ///
-    /// Two stages per block of rows: the bin of every value, computed without branches
-    /// (out-of-range and NaN values go to a discard slot after each coefficient's bins)
-    /// by a loop the AVX-512 / AVX2 versions run 8 values per instruction; then one
-    /// increment per value into a local table, whose nine rows are added to `counts` at
-    /// the end.
+    /// Fewer than 64 rows (a single row, or many small groups) are counted value by
+    /// value. Longer runs take two stages per block of rows: the bin of every value,
+    /// computed without branches (out-of-range and NaN values go to a discard slot
+    /// after each coefficient's bins) by a loop the AVX-512 / AVX2 versions run 8
+    /// values per instruction; then one increment per value into a local table, whose
+    /// nine rows are added to `counts` at the end.
     pub fn count_into(&self, values: &[f64], counts: &mut [i64]) {
         const BLOCK: usize = 9 * 512;
+        if values.len() < 9 * 64 {
+            // no block tables to set up and fold
+            for row in values.chunks_exact(9) {
+                for (c, &v) in row.iter().enumerate() {
+                    if let Some(b) = self.bin_of(v) {
+                        counts[c * self.bins + b] += 1;
+                    }
+                }
+            }
+            return;
+        }
         let stride = self.bins + 1;
         let mut idx = vec![0u32; values.len().min(BLOCK)];
         let mut local = vec![0u64; 9 * stride];

@@ -214,21 +214,8 @@ pub(crate) fn coef_histogram_update(
         let flat = coefs.flat_f64();
         for (g, rows) in group_runs(group_indices) {
             let h = slot(NAME, &mut hists[g], lo, hi, bins)?;
-            let binner = Binner::new(h.lo, h.hi, h.bins);
-            let run = &flat[9 * rows.start..9 * rows.end];
-            if rows.len() >= 64 {
-                binner.count_into(run, &mut h.counts);
-                continue;
-            }
-            // A short run (many small groups): no block tables to set up and fold.
-            let nb = h.bins;
-            for row in run.chunks_exact(9) {
-                for (c, &v) in row.iter().enumerate() {
-                    if let Some(b) = binner.bin_of(v) {
-                        h.counts[c * nb + b] += 1;
-                    }
-                }
-            }
+            Binner::new(h.lo, h.hi, h.bins)
+                .count_into(&flat[9 * rows.start..9 * rows.end], &mut h.counts);
         }
         return Ok(());
     }
@@ -253,13 +240,7 @@ pub(crate) fn coef_histogram_update(
                 b
             }
         };
-        let x = coefs.get(i);
-        let nb = h.bins;
-        for (c, &v) in x.iter().enumerate() {
-            if let Some(b) = binner.bin_of(v) {
-                h.counts[c * nb + b] += 1;
-            }
-        }
+        binner.count_into(&coefs.get(i), &mut h.counts);
     }
     Ok(())
 }

@@ -26,7 +26,7 @@ use datafusion::logical_expr::{
     EmitTo, GroupsAccumulator, Signature, Volatility,
 };
 
-use crate::common::{Filters, coerce_weights, group_runs};
+use crate::common::{Filters, Flat, coerce_weights, group_runs};
 
 const NAME: &str = "coef_range";
 
@@ -57,26 +57,24 @@ pub(crate) fn coef_range_update(
     group_indices: &[usize],
     filter: Option<&BooleanArray>,
 ) {
-    let all = coefs.nulls().is_none() && filter.is_none();
-    if all && let Some(flat) = coefs.flat_f32() {
+    if coefs.nulls().is_none() && filter.is_none() {
+        let flat = coefs.flat();
         for (g, rows) in group_runs(group_indices) {
-            let (mn, mx) = min_max(&flat[9 * rows.start..9 * rows.end]);
-            mins[g] = mins[g].min(f64::from(mn));
-            maxs[g] = maxs[g].max(f64::from(mx));
-        }
-        return;
-    }
-    if all {
-        let flat = coefs.flat_f64();
-        for (g, rows) in group_runs(group_indices) {
-            let (mn, mx) = min_max(&flat[9 * rows.start..9 * rows.end]);
+            let (a, b) = (9 * rows.start, 9 * rows.end);
+            let (mn, mx) = match flat {
+                Flat::F32(x) => {
+                    let (mn, mx) = min_max(&x[a..b]);
+                    (f64::from(mn), f64::from(mx))
+                }
+                Flat::F64(x) => min_max(&x[a..b]),
+            };
             mins[g] = mins[g].min(mn);
             maxs[g] = maxs[g].max(mx);
         }
         return;
     }
     for (i, &g) in group_indices.iter().enumerate() {
-        if !all && (coefs.is_null(i) || filter.is_some_and(|f| !f.is_valid(i) || !f.value(i))) {
+        if coefs.is_null(i) || filter.is_some_and(|f| !f.is_valid(i) || !f.value(i)) {
             continue;
         }
         let x = coefs.get(i);

@@ -37,7 +37,7 @@ use datafusion::logical_expr::{
     EmitTo, GroupsAccumulator, Signature, Volatility,
 };
 
-use crate::common::{Basis, ExactMoments, Filters, Moments, coerce_weights, group_runs};
+use crate::common::{Basis, ExactMoments, Filters, Flat, Moments, coerce_weights, group_runs};
 
 const NAME: &str = "pca_fit";
 
@@ -98,21 +98,15 @@ pub(crate) fn pca_fit_update(
     if weights.nulls().is_none() && filter.is_none() {
         // Runs of one group (a whole batch without GROUP BY) through the SIMD kernel
         // (the bits of `Moments::add` row by row).
-        let flat32 = weights.flat_f32();
-        let flat64 = if flat32.is_none() {
-            Some(weights.flat_f64())
-        } else {
-            None
-        };
+        let flat = weights.flat();
         for (g, rows) in group_runs(group_indices) {
             if moments[g].n == 0 {
                 touched.push(g);
             }
             let (a, b) = (9 * rows.start, 9 * rows.end);
-            match (flat32, &flat64) {
-                (Some(x), _) => moments[g].add_rows_f32(&x[a..b], &[0.0; 9]),
-                (None, Some(x)) => moments[g].add_rows(&x[a..b]),
-                (None, None) => unreachable!("one of the two is set"),
+            match flat {
+                Flat::F32(x) => moments[g].add_rows_f32(&x[a..b], &[0.0; 9]),
+                Flat::F64(x) => moments[g].add_rows(&x[a..b]),
             }
         }
     } else {

@@ -21,7 +21,7 @@ use datafusion::logical_expr::{
     ScalarUDFImpl, Signature, Volatility,
 };
 
-use crate::common::{Basis, Filters, coerce_weights, fsl_f64, fsl_f64_type};
+use crate::common::{Basis, Filters, Flat, coerce_weights, fsl_f64, fsl_f64_type};
 
 /// Scalar reference: a naive matrix-vector product, `c_k = sum_j (x_j - mean_j) V_kj`.
 pub fn pca_project_ref(x: &[f64; 9], mean: &[f64; 9], components: &[[f64; 9]; 9]) -> [f64; 9] {
@@ -37,9 +37,9 @@ pub fn pca_project_ref(x: &[f64; 9], mean: &[f64; 9], components: &[[f64; 9]; 9]
 /// Vectorised kernel for one basis shared by every row: a flat f64 output buffer, the
 /// input's validity bitmap.
 pub fn pca_project_kernel(f: &Filters<'_>, basis: &Basis) -> Result<FixedSizeListArray> {
-    let mut values = match f.flat_f32() {
-        Some(rows) => basis.project_f32(rows),
-        None => basis.project_f64(&f.flat_f64()),
+    let mut values = match f.flat() {
+        Flat::F32(rows) => basis.project_f32(rows),
+        Flat::F64(rows) => basis.project_f64(rows),
     };
     if let Some(nulls) = f.nulls() {
         for i in nulls.iter().enumerate().filter(|(_, v)| !v).map(|(i, _)| i) {
@@ -62,12 +62,7 @@ pub fn pca_project_rows_kernel(f: &Filters<'_>, bases: &dyn Array) -> Result<Fix
     // Rows of a basis column usually share one basis (a CROSS JOIN with the fitted
     // basis): each run of equal bases is decoded once and projected by the batch kernel.
     let rows = BasisRows::try_new(bases)?;
-    let flat32 = f.flat_f32();
-    let flat64 = if flat32.is_none() {
-        Some(f.flat_f64())
-    } else {
-        None
-    };
+    let flat = f.flat();
     let mut i = 0;
     while i < f.len() {
         let Some(b) = rows.get(i)? else {
@@ -78,10 +73,9 @@ pub fn pca_project_rows_kernel(f: &Filters<'_>, bases: &dyn Array) -> Result<Fix
         while end < f.len() && rows.same(i, end) {
             end += 1;
         }
-        let out = match (flat32, &flat64) {
-            (Some(x), _) => b.project_f32(&x[9 * i..9 * end]),
-            (None, Some(x)) => b.project_f64(&x[9 * i..9 * end]),
-            (None, None) => unreachable!("one of the two is set"),
+        let out = match flat {
+            Flat::F32(x) => b.project_f32(&x[9 * i..9 * end]),
+            Flat::F64(x) => b.project_f64(&x[9 * i..9 * end]),
         };
         values[9 * i..9 * end].copy_from_slice(&out);
         valid[i..end].fill(true);
