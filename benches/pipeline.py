@@ -18,9 +18,11 @@ What it does, in order (each step is skipped when its output already exists):
    each layer's `conv_depth` (the baseline's); `manifest.csv` with path, card, name
    (the baseline's model_name), task, visual_category (mapped onto schemas/vocab
    spellings), architecture. The generator truncates the very last layer of the data
-   set at N filters; when its filter count is not a multiple of in_ch that tensor is
-   written as `[n, 1, 3, 3]` (same values, same order; only orthogonality, which the
-   baseline does not compute, would notice). Then `filterdb init --precision f16` and
+   set at N filters; that tensor is written as `[n / c, c, 3, 3]` with c the largest
+   divisor of n up to in_ch (same values, same order; only orthogonality, which the
+   baseline does not compute, sees the shape; `[n, 1, 3, 3]`, as in sessions 1-3,
+   made the 10M set's last layer an 87,840-channel Gram matrix worth 65 % of all
+   orthogonality work). Then `filterdb init --precision f16` and
    `filterdb ingest --manifest`.
 3. filterdb: `filterdb analyze kl-matrix --by task --format json` (3 passes over the
    filters: PCA basis, coefficient range, histograms) and
@@ -202,11 +204,11 @@ def build_zoo(data, zoo):
             assert (mids == mid).all() and (lids == L["layer_id"]).all(), "filter order differs"
             if n == ci * co:
                 shape = (co, ci, 3, 3)
-            elif n % ci == 0:
-                shape = (n // ci, ci, 3, 3)
-                truncated.append((m["model_name"], L["layer_id"], n, shape))
             else:
-                shape = (n, 1, 3, 3)
+                # the truncated last layer: as many in channels as divide n, up to the
+                # planned ones (n // ci out channels when ci divides n)
+                cin = max(c for c in range(1, ci + 1) if n % c == 0)
+                shape = (n // cin, cin, 3, 3)
                 truncated.append((m["model_name"], L["layer_id"], n, shape))
             name = f"conv{int(L['conv_depth']):03d}.weight"
             tensors[name] = np.ascontiguousarray(W).reshape(shape)

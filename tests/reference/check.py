@@ -344,6 +344,23 @@ class Checker:
         self._layer_check("orthogonality", "orthogonality(weights, out_channel, in_channel)",
                           lambda i: ref.orthogonality(W[i], d.out_channel[i], d.in_channel[i]), ATOL_ORTHO,
                           ambiguous="one out channel")
+        # layer_degeneration: every field of the one-pass struct against the same references
+        for ratio in (None, 0.05):
+            r = 0.01 if ratio is None else ratio
+            call = ("layer_degeneration(weights, out_channel, in_channel"
+                    + ("" if ratio is None else f", {ratio}") + ")")
+            fields = [
+                ("n_filters", lambda i: float(len(i)), 0.0),
+                ("sparsity", lambda i, r=r: ref.layer_sparsity(W[i], r), ATOL_SPARSITY),
+                ("entropy", lambda i: ref.variance_entropy(W[i]), ATOL_ENTROPY),
+                ("entropy_norm", norm, ATOL_ENTROPY),
+                ("entropy_clean", lambda i, r=r: ref.variance_entropy_clean(W[i], r), ATOL_ENTROPY),
+                ("entropy_clean_norm", lambda i, r=r: norm(i, r), ATOL_ENTROPY),
+                ("orthogonality", lambda i: ref.orthogonality(W[i], d.out_channel[i], d.in_channel[i]), ATOL_ORTHO),
+            ]
+            for field, f, atol in fields:
+                self._layer_check(f"{call}['{field}']", f"{call}['{field}']", f, atol,
+                                  ambiguous="one out channel / no non-sparse filter")
 
     def check_depth_buckets(self):
         rows = self.q("depth_bucket (layers)", "SELECT model_id, layer_idx, conv_depth_norm, depth_bucket(conv_depth_norm) AS b FROM layers")

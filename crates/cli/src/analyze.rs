@@ -393,34 +393,30 @@ fn csv_line(cells: impl Iterator<Item = String>) -> String {
     s.join(",") + "\n"
 }
 
-/// SQL of the per-layer degeneration statistics.
-/// SQL of `analyze degeneration`: one pass over the filters grouped by layer. Without
-/// `--where` it reads `filters` alone (grouped by the two integer ids) and joins the
-/// layer's and model's names onto the per-layer rows; with `--where` it reads
-/// `filters_meta`.
+/// SQL of `analyze degeneration`: one pass over the filters grouped by layer, every
+/// statistic from the one `layer_degeneration` aggregate (the layer is kept and read once,
+/// not once per statistic). Without `--where` it reads `filters` alone (grouped by the two
+/// integer ids) and joins the layer's and model's names onto the per-layer rows; with
+/// `--where` it reads `filters_meta`.
 pub fn degeneration_sql(where_clause: &str, ratio: f64) -> String {
-    let aggregates = format!(
-        "count(*) AS n_filters, \
-         layer_sparsity(weights, {ratio}) AS sparsity, \
-         variance_entropy(weights) AS entropy, \
-         variance_entropy_norm(weights) AS entropy_norm, \
-         variance_entropy_clean_norm(weights, {ratio}) AS entropy_clean_norm, \
-         orthogonality(weights, out_channel, in_channel) AS orthogonality"
-    );
+    let aggregate = format!("layer_degeneration(weights, out_channel, in_channel, {ratio}) AS d");
+    let fields = "d['n_filters'] AS n_filters, d['sparsity'] AS sparsity, d['entropy'] AS entropy, \
+         d['entropy_norm'] AS entropy_norm, d['entropy_clean_norm'] AS entropy_clean_norm, \
+         d['orthogonality'] AS orthogonality";
     if where_clause.is_empty() {
         format!(
-            "SELECT p.model_id, m.name, p.layer_idx, l.layer_name, l.conv_depth_norm, \
-             p.n_filters, p.sparsity, p.entropy, p.entropy_norm, p.entropy_clean_norm, p.orthogonality \
-             FROM (SELECT model_id, layer_idx, {aggregates} FROM filters GROUP BY model_id, layer_idx) p \
+            "SELECT p.model_id, m.name, p.layer_idx, l.layer_name, l.conv_depth_norm, {fields} \
+             FROM (SELECT model_id, layer_idx, {aggregate} FROM filters GROUP BY model_id, layer_idx) p \
              JOIN layers l ON p.model_id = l.model_id AND p.layer_idx = l.layer_idx \
              JOIN models m ON p.model_id = m.model_id \
              ORDER BY p.model_id, p.layer_idx"
         )
     } else {
         format!(
-            "SELECT model_id, name, layer_idx, layer_name, conv_depth_norm, {aggregates} \
+            "SELECT model_id, name, layer_idx, layer_name, conv_depth_norm, {fields} \
+             FROM (SELECT model_id, name, layer_idx, layer_name, conv_depth_norm, {aggregate} \
              FROM filters_meta {where_clause} \
-             GROUP BY model_id, name, layer_idx, layer_name, conv_depth_norm \
+             GROUP BY model_id, name, layer_idx, layer_name, conv_depth_norm) \
              ORDER BY model_id, layer_idx"
         )
     }

@@ -281,6 +281,13 @@ impl Moments {
         self.with_full(|s1, s2| crate::simd::moments_portable(rows, &[0.0; 9], s1, s2));
     }
 
+    /// Add `rows.len() / 9` f64 vectors minus `shift`; the bits of [`Moments::add`]
+    /// called row by row on the shifted vectors.
+    pub fn add_rows_shifted(&mut self, rows: &[f64], shift: &[f64; 9]) {
+        self.n += (rows.len() / 9) as u64;
+        self.with_full(|s1, s2| crate::simd::moments_portable(rows, shift, s1, s2));
+    }
+
     /// Add `rows.len() / 9` f32 vectors minus `shift`, through the SIMD kernel
     /// [`crate::simd::moments_add_f32`]; the bits of [`Moments::add`] called row by row
     /// on the shifted vectors.

@@ -51,6 +51,7 @@ pub fn all_aggregate() -> Vec<Arc<AggregateUDF>> {
         aggregate::variance_entropy::variance_entropy_clean_udaf(),
         aggregate::variance_entropy::variance_entropy_clean_norm_udaf(),
         aggregate::orthogonality::orthogonality_udaf(),
+        aggregate::layer_degeneration::layer_degeneration_udaf(),
     ]
 }
 

@@ -38,7 +38,9 @@ use datafusion::logical_expr::{
     EmitTo, GroupsAccumulator, Signature, Volatility,
 };
 
-use crate::common::{Filters, coerce_weights, filter_max_abs, group_runs, sparse_threshold};
+use crate::common::{
+    Filters, Moments, coerce_weights, filter_max_abs, group_runs, sparse_threshold,
+};
 
 /// The default sparsity threshold ratio (MISSION.md: 1 % of the layer's largest weight).
 pub const DEFAULT_RATIO: f64 = 0.01;
@@ -229,6 +231,13 @@ pub trait ExactFloat: ArrowPrimitiveType + Debug + Send + Sync + 'static {
     fn narrow(x: f64) -> Self::Native;
     /// To f64 (exact).
     fn widen(x: Self::Native) -> f64;
+    /// Append f32 values (exact).
+    fn extend_from_f32(dst: &mut Vec<Self::Native>, src: &[f32]);
+    /// Append f64 values (exact when they were read from this type or a narrower one).
+    fn extend_from_f64(dst: &mut Vec<Self::Native>, src: &[f64]);
+    /// Add `rows.len() / 9` filters minus `shift` to `m` (the bits of
+    /// [`Moments::add`] row by row on the shifted filters).
+    fn add_moments(m: &mut Moments, rows: &[Self::Native], shift: &[f64; 9]);
 }
 
 impl ExactFloat for Float32Type {
@@ -240,6 +249,15 @@ impl ExactFloat for Float32Type {
     fn widen(x: f32) -> f64 {
         f64::from(x)
     }
+    fn extend_from_f32(dst: &mut Vec<f32>, src: &[f32]) {
+        dst.extend_from_slice(src);
+    }
+    fn extend_from_f64(dst: &mut Vec<f32>, src: &[f64]) {
+        dst.extend(src.iter().map(|&x| x as f32));
+    }
+    fn add_moments(m: &mut Moments, rows: &[f32], shift: &[f64; 9]) {
+        m.add_rows_f32(rows, shift);
+    }
 }
 
 impl ExactFloat for Float64Type {
@@ -250,6 +268,15 @@ impl ExactFloat for Float64Type {
     #[inline]
     fn widen(x: f64) -> f64 {
         x
+    }
+    fn extend_from_f32(dst: &mut Vec<f64>, src: &[f32]) {
+        dst.extend(src.iter().map(|&x| f64::from(x)));
+    }
+    fn extend_from_f64(dst: &mut Vec<f64>, src: &[f64]) {
+        dst.extend_from_slice(src);
+    }
+    fn add_moments(m: &mut Moments, rows: &[f64], shift: &[f64; 9]) {
+        m.add_rows_shifted(rows, shift);
     }
 }
 

@@ -36,7 +36,7 @@ use super::layer_sparsity::{
     DOC_SECTION, ExactFloat, GroupAgg, Groups, Single, exact_storage_type, list_of, list_type,
     passes,
 };
-use crate::common::{Filters, coerce_weights};
+use crate::common::{Filters, Flat, coerce_weights, group_runs};
 
 const NAME: &str = "orthogonality";
 
@@ -261,8 +261,27 @@ mod gram {
         let np = n.div_ceil(w);
         let pw = d * w;
         // Panel q holds rows q*w.. (zero-padded past n): dimension k of its row l at k*w + l.
-        // Copied in 32-dimension strips so the strided writes stay in L1.
-        let mut p = vec![0.0; np * pw];
+        // Copied in 32-dimension strips so the strided writes stay in L1. The panels live
+        // in a buffer the thread keeps (a fresh one per layer cost a page fault per 4 KiB).
+        PANELS.with_borrow_mut(|p| {
+            p.clear();
+            p.resize(np * pw, 0.0);
+            let sum = upper_abs_sum_packed(p, rows, n, d, plan);
+            super::release_large(p);
+            sum
+        })
+    }
+
+    thread_local! {
+        /// Per-thread scratch for the packed panels of `upper_abs_sum`.
+        static PANELS: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// [`upper_abs_sum`] with `p` the zeroed panel buffer.
+    fn upper_abs_sum_packed(p: &mut [f64], rows: &[f64], n: usize, d: usize, plan: Plan) -> f64 {
+        let w = plan.isa.width();
+        let np = n.div_ceil(w);
+        let pw = d * w;
         for (dst, src) in p.chunks_exact_mut(pw).zip(rows.chunks(pw)) {
             for k0 in (0..d).step_by(32) {
                 let k1 = (k0 + 32).min(d);
@@ -274,7 +293,7 @@ mod gram {
             }
         }
         let job = Job {
-            p: &p,
+            p,
             np,
             d,
             bp: plan.bp,
@@ -598,19 +617,39 @@ impl<N> Layer<N> {
     }
 }
 
+/// Frees a per-thread scratch buffer that grew past 64 MiB (a group far larger than any
+/// layer, e.g. a whole model): smaller ones stay for the next layer.
+fn release_large(v: &mut Vec<f64>) {
+    if v.capacity() * size_of::<f64>() > 64 << 20 {
+        *v = Vec::new();
+    }
+}
+
+thread_local! {
+    /// Per-thread scratch for a layer's out-channel vectors (see `eval_group`).
+    static ROWS: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Exact state of `orthogonality`: per group, every filter and its channels.
+///
+/// `layer_degeneration` keeps its layers in this state too (under its own name in
+/// errors) and evaluates more than the orthogonality from them.
 #[derive(Debug)]
 pub struct OrthogonalityState<T: ExactFloat> {
+    name: &'static str,
     groups: Vec<Layer<T::Native>>,
+    /// Emptied buffers of emitted groups, reused by new ones (at most [`SPARE_LAYERS`]).
+    spare: Vec<Layer<T::Native>>,
+    /// Bytes allocated by `groups` and `spare`.
     bytes: usize,
 }
 
+/// Emptied layer buffers an [`OrthogonalityState`] keeps for reuse.
+const SPARE_LAYERS: usize = 2;
+
 impl<T: ExactFloat> Default for OrthogonalityState<T> {
     fn default() -> Self {
-        OrthogonalityState {
-            groups: Vec::new(),
-            bytes: 0,
-        }
+        Self::named(NAME)
     }
 }
 
@@ -620,6 +659,16 @@ pub type OrthogonalityGroupsAccumulator<T> = Groups<OrthogonalityState<T>>;
 pub type OrthogonalityAccumulator<T> = Single<OrthogonalityState<T>>;
 
 impl<T: ExactFloat> OrthogonalityState<T> {
+    /// An empty state whose errors name the SQL function `name`.
+    pub(crate) fn named(name: &'static str) -> Self {
+        OrthogonalityState {
+            name,
+            groups: Vec::new(),
+            spare: Vec::new(),
+            bytes: 0,
+        }
+    }
+
     fn push(&mut self, g: usize, out: i64, inp: i64, w: &[T::Native]) {
         let l = &mut self.groups[g];
         let before = l.bytes();
@@ -629,32 +678,77 @@ impl<T: ExactFloat> OrthogonalityState<T> {
         self.bytes += l.bytes() - before;
     }
 
-    fn eval_group(&self, g: usize) -> Result<Option<f64>> {
+    /// Append rows `rows` of a batch without NULLs to group `g` (one copy per column).
+    fn push_run(
+        &mut self,
+        g: usize,
+        rows: Range<usize>,
+        out: &[i64],
+        inp: &[i64],
+        f: &Filters<'_>,
+    ) {
+        let l = &mut self.groups[g];
+        let before = l.bytes();
+        l.out.extend_from_slice(&out[rows.clone()]);
+        l.inp.extend_from_slice(&inp[rows.clone()]);
+        match f.flat() {
+            Flat::F32(v) => T::extend_from_f32(&mut l.w, &v[9 * rows.start..9 * rows.end]),
+            Flat::F64(v) => T::extend_from_f64(&mut l.w, &v[9 * rows.start..9 * rows.end]),
+        }
+        self.bytes += l.bytes() - before;
+    }
+
+    /// The weights of group `g`'s filters, 9 per filter, in the order they arrived.
+    pub(crate) fn weights(&self, g: usize) -> &[T::Native] {
+        &self.groups[g].w
+    }
+
+    /// The orthogonality of group `g` (`None` when it has fewer than two out channels).
+    ///
+    /// # Errors
+    /// A duplicate or missing `(out_channel, in_channel)` pair.
+    pub(crate) fn eval_group(&self, g: usize) -> Result<Option<f64>> {
+        let name = self.name;
         let l = &self.groups[g];
         let k = l.out.len();
         if k == 0 {
             return Ok(None);
         }
+        // Filters usually arrive in (out, in) order (the store's order): then the pairs
+        // are strictly increasing and neither a sort nor a duplicate check is needed.
+        let in_order = (1..k).all(|i| (l.out[i - 1], l.inp[i - 1]) < (l.out[i], l.inp[i]));
         let mut idx: Vec<usize> = (0..k).collect();
-        idx.sort_unstable_by_key(|&i| (l.out[i], l.inp[i]));
-        for p in idx.windows(2) {
-            if (l.out[p[0]], l.inp[p[0]]) == (l.out[p[1]], l.inp[p[1]]) {
-                return exec_err!(
-                    "{NAME}: duplicate filter (out_channel {}, in_channel {}) in one group",
-                    l.out[p[0]],
-                    l.inp[p[0]]
-                );
+        if !in_order {
+            idx.sort_unstable_by_key(|&i| (l.out[i], l.inp[i]));
+            for p in idx.windows(2) {
+                if (l.out[p[0]], l.inp[p[0]]) == (l.out[p[1]], l.inp[p[1]]) {
+                    return exec_err!(
+                        "{name}: duplicate filter (out_channel {}, in_channel {}) in one group",
+                        l.out[p[0]],
+                        l.inp[p[0]]
+                    );
+                }
             }
         }
-        let mut ins: Vec<i64> = l.inp.clone();
-        ins.sort_unstable();
-        ins.dedup();
+        // The group's in channels: when the pairs arrived in order, the first out
+        // channel's (every other one is checked against them below; a mismatch falls back
+        // to the full list for the error message).
+        let all_ins = || {
+            let mut ins: Vec<i64> = l.inp.clone();
+            ins.sort_unstable();
+            ins.dedup();
+            ins
+        };
+        let ins: Vec<i64> = if in_order {
+            l.inp[..l.out.iter().take_while(|&&o| o == l.out[0]).count()].to_vec()
+        } else {
+            all_ins()
+        };
         let n_in = ins.len();
         // Sorted by (out, in) with no duplicates: complete iff each out channel's run is
         // exactly `ins`.
-        let mut rows: Vec<f64> = Vec::with_capacity(k * 9);
-        let mut n_out = 0;
         let mut start = 0;
+        let mut runs = 0;
         while start < k {
             let o = l.out[idx[start]];
             let mut end = start;
@@ -668,34 +762,44 @@ impl<T: ExactFloat> OrthogonalityState<T> {
                     .any(|(&i, &c)| l.inp[i] != c)
             {
                 let have: Vec<i64> = idx[start..end].iter().map(|&i| l.inp[i]).collect();
-                let missing = ins
-                    .iter()
+                let missing = all_ins()
+                    .into_iter()
                     .find(|c| !have.contains(c))
-                    .copied()
                     .unwrap_or(-1);
                 return exec_err!(
-                    "{NAME}: missing filter (out_channel {o}, in_channel {missing}): every out \
+                    "{name}: missing filter (out_channel {o}, in_channel {missing}): every out \
                      channel needs one filter per in channel of the group"
                 );
             }
-            for &i in &idx[start..end] {
-                rows.extend(l.w[i * 9..i * 9 + 9].iter().map(|v| T::widen(*v)));
-            }
-            n_out += 1;
+            runs += 1;
             start = end;
         }
-        Ok(orthogonality_kernel(&mut rows, n_out, n_in * 9))
+        let n_out = runs;
+        // The out-channel vectors in a scratch buffer kept by the thread, so the pages of a
+        // large layer are not faulted in (and zeroed by the kernel) again for every layer.
+        ROWS.with_borrow_mut(|rows| {
+            rows.clear();
+            rows.reserve(k * 9);
+            for &i in &idx {
+                rows.extend(l.w[i * 9..i * 9 + 9].iter().map(|v| T::widen(*v)));
+            }
+            let v = orthogonality_kernel(rows, n_out, n_in * 9);
+            release_large(rows);
+            Ok(v)
+        })
     }
 }
 
 impl<T: ExactFloat> GroupAgg for OrthogonalityState<T> {
     fn fresh(&self) -> Self {
-        Self::default()
+        Self::named(self.name)
     }
 
     fn resize(&mut self, n: usize) {
         if n > self.groups.len() {
-            self.groups.resize_with(n, Layer::default);
+            let spare = &mut self.spare;
+            self.groups
+                .resize_with(n, || spare.pop().unwrap_or_default());
         }
     }
 
@@ -709,16 +813,24 @@ impl<T: ExactFloat> GroupAgg for OrthogonalityState<T> {
         groups: &[usize],
         filter: Option<&BooleanArray>,
     ) -> Result<()> {
-        let [w, out, inp] = values else {
-            return exec_err!("{NAME}: expected 3 arguments, got {}", values.len());
+        let name = self.name;
+        let [w, out, inp, ..] = values else {
+            return exec_err!("{name}: expected 3 arguments, got {}", values.len());
         };
-        let f = Filters::try_new(NAME, w.as_ref())?;
+        let f = Filters::try_new(name, w.as_ref())?;
         let (Some(out), Some(inp)) = (
             out.as_primitive_opt::<Int64Type>(),
             inp.as_primitive_opt::<Int64Type>(),
         ) else {
-            return exec_err!("{NAME}: channels must be Int64");
+            return exec_err!("{name}: channels must be Int64");
         };
+        if filter.is_none() && f.nulls().is_none() && out.nulls().is_none() && inp.nulls().is_none()
+        {
+            for (g, rows) in group_runs(groups) {
+                self.push_run(g, rows, out.values(), inp.values(), &f);
+            }
+            return Ok(());
+        }
         for (i, &g) in groups.iter().enumerate() {
             if f.is_null(i) || out.is_null(i) || inp.is_null(i) || !passes(filter, i) {
                 continue;
@@ -731,22 +843,23 @@ impl<T: ExactFloat> GroupAgg for OrthogonalityState<T> {
     }
 
     fn merge(&mut self, states: &[ArrayRef], groups: &[usize]) -> Result<()> {
-        let [out, inp, w] = states else {
-            return exec_err!("{NAME}: malformed state");
+        let name = self.name;
+        let [out, inp, w, ..] = states else {
+            return exec_err!("{name}: malformed state");
         };
         let (Some(out), Some(inp), Some(w)) = (
             out.as_list_opt::<i32>(),
             inp.as_list_opt::<i32>(),
             w.as_list_opt::<i32>(),
         ) else {
-            return exec_err!("{NAME}: malformed state");
+            return exec_err!("{name}: malformed state");
         };
         let (Some(ov), Some(iv), Some(wv)) = (
             out.values().as_primitive_opt::<Int64Type>(),
             inp.values().as_primitive_opt::<Int64Type>(),
             w.values().as_primitive_opt::<T>(),
         ) else {
-            return exec_err!("{NAME}: malformed state values");
+            return exec_err!("{name}: malformed state values");
         };
         let (ov, iv, wv) = (ov.values(), iv.values(), wv.values());
         let (oo, wo) = (out.value_offsets(), w.value_offsets());
@@ -757,7 +870,7 @@ impl<T: ExactFloat> GroupAgg for OrthogonalityState<T> {
             let (a, b) = (oo[j] as usize, oo[j + 1] as usize);
             let (c, d) = (wo[j] as usize, wo[j + 1] as usize);
             if d - c != 9 * (b - a) || inp.value_length(j) as usize != b - a {
-                return exec_err!("{NAME}: malformed state (lengths)");
+                return exec_err!("{name}: malformed state (lengths)");
             }
             let io = inp.value_offsets()[j] as usize;
             for r in 0..b - a {
@@ -785,12 +898,25 @@ impl<T: ExactFloat> GroupAgg for OrthogonalityState<T> {
     }
 
     fn take(&mut self, emit: EmitTo) {
-        let gone = emit.take_needed(&mut self.groups);
-        self.bytes -= gone.iter().map(Layer::bytes).sum::<usize>();
+        // Keep the largest buffers of the emitted groups for the next ones: a layer's
+        // buffers grow by doubling into fresh pages, which cost as much as the rest of
+        // the state's work (page faults and zeroing) when every layer starts empty.
+        for mut l in emit.take_needed(&mut self.groups) {
+            l.out.clear();
+            l.inp.clear();
+            l.w.clear();
+            self.spare.push(l);
+        }
+        self.spare
+            .sort_unstable_by_key(|l| std::cmp::Reverse(l.bytes()));
+        for l in self.spare.drain(SPARE_LAYERS.min(self.spare.len())..) {
+            self.bytes -= l.bytes();
+        }
     }
 
     fn size(&self) -> usize {
-        self.bytes + self.groups.capacity() * size_of::<Layer<T::Native>>()
+        self.bytes
+            + (self.groups.capacity() + self.spare.capacity()) * size_of::<Layer<T::Native>>()
     }
 }
 
