@@ -33,6 +33,8 @@
 //!   `orthogonality` (O(n^2) in the out channels) takes a 16th of the filters, 65,536 by
 //!   default: one layer of 1024 out x 64 in channels (1 group) or 64 layers of 32 x 32
 //!   (64 groups); its Gram part runs on rayon's pool, the only multi-threaded kernel here.
+//!   `layer_degeneration` runs on the same input against the references of the five
+//!   statistics it returns (sparsity, the four entropies, orthogonality).
 //!
 //! Before the first timed `kernel` run of each benchmark, its result is checked against
 //! the reference's (exactly, or within a stated tolerance), so a wrong kernel fails
@@ -70,6 +72,9 @@ use rand_distr::{Distribution, Normal};
 use filterdb_udf::aggregate::coef_histogram::coef_histogram_ref;
 use filterdb_udf::aggregate::coef_histogram_merge::coef_histogram_merge_ref;
 use filterdb_udf::aggregate::coef_range::coef_range_ref;
+use filterdb_udf::aggregate::layer_degeneration::{
+    LayerStats, layer_degeneration_ref, layer_degeneration_udaf,
+};
 use filterdb_udf::aggregate::layer_sparsity::{DEFAULT_RATIO, layer_sparsity_ref};
 use filterdb_udf::aggregate::orthogonality::orthogonality_ref;
 use filterdb_udf::aggregate::pca_fit::pca_fit_ref;
@@ -1096,6 +1101,7 @@ fn bench_aggregates(c: &mut Criterion) {
 
     bench_coef_histogram_merge(c);
     bench_orthogonality(c);
+    bench_layer_degeneration(c);
 }
 
 /// `variance_entropy_clean(_norm)` by its definition: the group's threshold, its
@@ -1226,37 +1232,100 @@ fn bench_orthogonality(c: &mut Criterion) {
                 ortho_filters,
                 || ortho_input(p, g),
                 |i| {
-                    // per group: (out, in, filter), sorted; one row per out channel
-                    let mut per: Vec<Vec<(i64, i64, [f64; 9])>> = vec![Vec::new(); i.n];
-                    for (args, gi) in i.args.iter().zip(&i.groups) {
-                        let r = RefRows::new(args[0].as_ref());
-                        let o = args[1].as_primitive::<Int64Type>();
-                        let n = args[2].as_primitive::<Int64Type>();
-                        for (k, &g) in gi.iter().enumerate() {
-                            if let Some(x) = r.get(k) {
-                                per[g].push((o.value(k), n.value(k), x));
-                            }
-                        }
-                    }
-                    let out: Float64Array = per
-                        .into_iter()
-                        .map(|mut fs| {
-                            fs.sort_unstable_by_key(|&(o, n, _)| (o, n));
-                            let mut rows: Vec<Vec<f64>> = Vec::new();
-                            let mut last = None;
-                            for (o, _, x) in fs {
-                                if last != Some(o) {
-                                    rows.push(Vec::new());
-                                    last = Some(o);
-                                }
-                                rows.last_mut().expect("row").extend(x);
-                            }
+                    let out: Float64Array = layers_of(i)
+                        .iter()
+                        .map(|l| {
+                            let rows: Vec<Vec<f64>> = l
+                                .iter()
+                                .map(|r| r.iter().flatten().copied().collect())
+                                .collect();
                             orthogonality_ref(&rows)
                         })
                         .collect();
                     vec![Arc::new(out) as ArrayRef]
                 },
                 |i| call.run(&i.args, &i.groups, i.n),
+                close(1e-9, 1e-12),
+            );
+        }
+    }
+}
+
+/// Each group of an `orthogonality`-shaped input as `rows[out][in]` (sorted by channel).
+fn layers_of(i: &AggInput) -> Vec<Vec<Vec<[f64; 9]>>> {
+    let mut per: Vec<Vec<(i64, i64, [f64; 9])>> = vec![Vec::new(); i.n];
+    for (args, gi) in i.args.iter().zip(&i.groups) {
+        let r = RefRows::new(args[0].as_ref());
+        let o = args[1].as_primitive::<Int64Type>();
+        let n = args[2].as_primitive::<Int64Type>();
+        for (k, &g) in gi.iter().enumerate() {
+            if let Some(x) = r.get(k) {
+                per[g].push((o.value(k), n.value(k), x));
+            }
+        }
+    }
+    per.into_iter()
+        .map(|mut fs| {
+            fs.sort_unstable_by_key(|&(o, n, _)| (o, n));
+            let mut rows: Vec<Vec<[f64; 9]>> = Vec::new();
+            let mut last = None;
+            for (o, _, x) in fs {
+                if last != Some(o) {
+                    rows.push(Vec::new());
+                    last = Some(o);
+                }
+                rows.last_mut().expect("row").push(x);
+            }
+            rows
+        })
+        .collect()
+}
+
+/// `layer_degeneration` (every degeneration statistic of a layer in one aggregate) on the
+/// `orthogonality` input, against the five references it stands for.
+fn bench_layer_degeneration(c: &mut Criterion) {
+    for p in Prec::ALL {
+        let call = AggCall::new(
+            layer_degeneration_udaf(),
+            &[
+                (p.list_type(), None),
+                (DataType::Int64, None),
+                (DataType::Int64, None),
+            ],
+        );
+        for g in GROUPS {
+            compare(
+                c,
+                &format!("agg/layer_degeneration/{}/{g}g", p.name()),
+                ortho_filters,
+                || ortho_input(p, g),
+                |i| {
+                    let stats: Vec<LayerStats> = layers_of(i)
+                        .iter()
+                        .map(|l| layer_degeneration_ref(l, 0.01).expect("a layer"))
+                        .collect();
+                    let f = |v: fn(&LayerStats) -> f64| -> ArrayRef {
+                        Arc::new(Float64Array::from_iter_values(stats.iter().map(v)))
+                    };
+                    vec![
+                        Arc::new(Int64Array::from_iter_values(
+                            stats.iter().map(|s| s.n_filters),
+                        )) as ArrayRef,
+                        f(|s| s.sparsity),
+                        f(|s| s.entropy),
+                        f(|s| s.entropy_norm),
+                        f(|s| s.entropy_clean),
+                        f(|s| s.entropy_clean_norm),
+                        Arc::new(Float64Array::from(
+                            stats.iter().map(|s| s.orthogonality).collect::<Vec<_>>(),
+                        )),
+                    ]
+                },
+                |i| {
+                    // the struct's fields, in the reference's layout
+                    let out = call.run(&i.args, &i.groups, i.n);
+                    out[0].as_struct().columns().to_vec()
+                },
                 close(1e-9, 1e-12),
             );
         }

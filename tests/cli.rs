@@ -346,6 +346,48 @@ fn fixture_stores_agree_across_precisions() {
     assert!(a.contains(",6"), "{a}");
 }
 
+/// An export that fails part way leaves no file behind and the file it would have
+/// replaced as it was.
+#[test]
+fn failed_export_leaves_no_file_and_keeps_the_old_one() {
+    let store = fixture_store("f16");
+    let dir = tempfile::tempdir().unwrap();
+    for format in ["parquet", "npy", "csv", "arrow"] {
+        let out = dir.path().join(format!("{format}-slice.{format}"));
+        std::fs::write(&out, b"old").unwrap();
+        let err = fails(&[
+            "export",
+            "--store",
+            s(store),
+            "--query",
+            "SELECT weights, filter_id / (filter_id - filter_id) AS x FROM filters",
+            "--format",
+            format,
+            "-o",
+            s(&out),
+        ]);
+        assert!(
+            err.to_lowercase().contains("divide by zero"),
+            "{format}: {err}"
+        );
+        assert_eq!(std::fs::read(&out).unwrap(), b"old", "{format}");
+    }
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            "arrow-slice.arrow",
+            "csv-slice.csv",
+            "npy-slice.npy",
+            "parquet-slice.parquet"
+        ]
+    );
+}
+
 #[test]
 fn export_npy_and_parquet_match_sql() {
     let store = fixture_store("f16");
@@ -403,6 +445,26 @@ fn export_npy_and_parquet_match_sql() {
         "-o",
         s(&pq),
     ]);
+    // the Parquet file holds the query's rows (the weights through the raw page writer)
+    let (rt, ctx) = crate::common::store_ctx(store);
+    let back = rt.block_on(async {
+        ctx.read_parquet(s(&pq), Default::default())
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap()
+    });
+    let want = arrow::compute::concat_batches(&rows[0].schema(), &rows).unwrap();
+    let got = arrow::compute::concat_batches(&back[0].schema(), &back).unwrap();
+    assert_eq!(got.num_rows(), want.num_rows());
+    for c in 0..want.num_columns() {
+        assert_eq!(
+            got.column(c).as_ref(),
+            want.column(c).as_ref(),
+            "column {c}"
+        );
+    }
     let arrow_out = dir.path().join("slice.arrow");
     ok(&[
         "export",

@@ -206,31 +206,31 @@ impl<T: ExactFloat> GroupAgg for DegenerationState<T> {
         let ratio = ratio_column(NAME, &values[2..])?;
         let counted =
             |i: usize| !w.is_null(i) && !out.is_null(i) && !inp.is_null(i) && passes(filter, i);
-        match ratio {
-            Some(r) if r.nulls().is_none() && filter.is_none() && w.nulls().is_none() => {
-                // the usual batch: one check per run of a group
-                for (g, rows) in group_runs(groups) {
-                    let vals = &r.values()[rows.clone()];
-                    let first = vals.first().map_or(DEFAULT_RATIO, |v| *v);
-                    if vals.iter().all(|v| v.to_bits() == first.to_bits()) {
-                        if rows.clone().any(counted) {
-                            set_ratio(
-                                NAME,
-                                &mut self.ratio[g],
-                                ratio_at(NAME, Some(r), rows.start)?,
-                            )?;
-                        }
-                    } else {
-                        for i in rows.filter(|&i| counted(i)) {
-                            set_ratio(NAME, &mut self.ratio[g], ratio_at(NAME, Some(r), i)?)?;
-                        }
+        let no_nulls = filter.is_none()
+            && w.null_count() == 0
+            && out.null_count() == 0
+            && inp.null_count() == 0;
+        for (g, rows) in group_runs(groups) {
+            let slot = &mut self.ratio[g];
+            match ratio {
+                None => {
+                    if no_nulls || rows.clone().any(counted) {
+                        set_ratio(NAME, slot, DEFAULT_RATIO)?;
                     }
                 }
-            }
-            _ => {
-                for (i, &g) in groups.iter().enumerate() {
-                    if counted(i) {
-                        set_ratio(NAME, &mut self.ratio[g], ratio_at(NAME, ratio, i)?)?;
+                // the usual batch: one check per run of a group
+                Some(r)
+                    if no_nulls
+                        && r.null_count() == 0
+                        && r.values()[rows.clone()]
+                            .iter()
+                            .all(|v| v.to_bits() == r.value(rows.start).to_bits()) =>
+                {
+                    set_ratio(NAME, slot, ratio_at(NAME, Some(r), rows.start)?)?;
+                }
+                Some(r) => {
+                    for i in rows.filter(|&i| counted(i)) {
+                        set_ratio(NAME, slot, ratio_at(NAME, Some(r), i)?)?;
                     }
                 }
             }

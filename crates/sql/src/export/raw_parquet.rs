@@ -1,0 +1,454 @@
+//! The Parquet writer of exports: parquet-rs's Arrow encoders for most columns, and raw
+//! PLAIN pages for the filter columns.
+//!
+//! A `FixedSizeList<Float16|Float32|Float64, N>` column without NULLs (the `weights` of
+//! every filter query) is written as one uncompressed DataPage v2 per row group: the
+//! values' little-endian bytes as they are in the Arrow buffer, the repetition levels (a
+//! list starts every N values) as bit-packed runs of one repeating byte pattern, and the
+//! definition levels (every value present) as one RLE run. parquet-rs's generic path
+//! turns each float16 into a `FixedLenByteArray` with its own reference-counted buffer
+//! and walks the levels value by value, which held exports to ~100 MB/s; this one is a
+//! copy. Any other column, and a list column of a row group that holds a NULL, goes
+//! through `ArrowColumnWriter` as usual, so the file is an ordinary Parquet file with the
+//! Arrow schema embedded (readers get `FixedSizeList<Float16, 9>` back).
+//!
+//! Why by hand: parquet-rs offers no way to hand it pre-encoded pages for a nested column
+//! except the low-level page writer used here (as the store's writer does for its flat
+//! weight columns, `filterdb_store::write`).
+
+use std::io::Write;
+use std::ops::Range;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::{
+    DataType, Field, Float16Type, Float32Type, Float64Type, SchemaRef, ToByteSlice,
+};
+use bytes::Bytes;
+use parquet::arrow::arrow_writer::{ArrowRowGroupWriterFactory, compute_leaves};
+use parquet::arrow::{ArrowSchemaConverter, add_encoded_arrow_schema_to_metadata};
+use parquet::basic::{Compression, Encoding};
+use parquet::column::page::{CompressedPage, Page, PageWriter};
+use parquet::column::writer::ColumnCloseResult;
+use parquet::errors::{ParquetError, Result};
+use parquet::file::metadata::{ColumnChunkMetaData, OffsetIndexBuilder};
+use parquet::file::properties::WriterProperties;
+use parquet::file::writer::{SerializedFileWriter, SerializedPageWriter, TrackedWrite};
+use parquet::schema::types::{ColumnDescPtr, SchemaDescPtr};
+
+/// Rows per row group (parquet-rs's default).
+const ROW_GROUP_ROWS: usize = 1 << 20;
+
+/// Bit-packed groups (of 8 values) per run of repetition levels: parquet-rs's own writer
+/// never makes longer runs, so every reader takes them.
+const MAX_GROUPS_PER_RUN: usize = 63;
+
+/// A streaming Parquet writer with the raw path for filter columns (module doc).
+pub(crate) struct RawParquetWriter<W: Write + Send> {
+    writer: SerializedFileWriter<W>,
+    factory: ArrowRowGroupWriterFactory,
+    schema: SchemaRef,
+    descr: SchemaDescPtr,
+    /// The leaf columns of each top-level field.
+    leaves: Vec<Range<usize>>,
+    pending: Vec<RecordBatch>,
+    pending_rows: usize,
+    row_group_rows: usize,
+    row_groups: usize,
+    /// Column chunks written by the raw path.
+    raw_chunks: usize,
+}
+
+impl<W: Write + Send> RawParquetWriter<W> {
+    /// A writer of `schema` to `out` with `props` (the Arrow schema is embedded).
+    pub(crate) fn try_new(out: W, schema: &SchemaRef, mut props: WriterProperties) -> Result<Self> {
+        let descr = Arc::new(ArrowSchemaConverter::new().convert(schema)?);
+        add_encoded_arrow_schema_to_metadata(schema, &mut props);
+        let writer = SerializedFileWriter::new(out, descr.root_schema_ptr(), Arc::new(props))?;
+        let factory = ArrowRowGroupWriterFactory::new(&writer, Arc::clone(schema));
+        let mut leaves = Vec::with_capacity(schema.fields().len());
+        let mut start = 0;
+        for f in schema.fields() {
+            let n = descr.columns()[start..]
+                .iter()
+                .take_while(|c| c.path().parts().first() == Some(f.name()))
+                .count();
+            leaves.push(start..start + n);
+            start += n;
+        }
+        if start != descr.num_columns() {
+            return Err(ParquetError::General(format!(
+                "export: {} Parquet columns for {} leaves of the schema",
+                descr.num_columns(),
+                start
+            )));
+        }
+        Ok(RawParquetWriter {
+            writer,
+            factory,
+            schema: Arc::clone(schema),
+            descr,
+            leaves,
+            pending: Vec::new(),
+            pending_rows: 0,
+            row_group_rows: ROW_GROUP_ROWS,
+            row_groups: 0,
+            raw_chunks: 0,
+        })
+    }
+
+    /// Queue a batch; a row group is written once enough rows are queued.
+    pub(crate) fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.pending.push(batch.clone());
+        self.pending_rows += batch.num_rows();
+        if self.pending_rows >= self.row_group_rows {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Write the queued rows as one row group.
+    fn flush(&mut self) -> Result<()> {
+        if self.pending_rows == 0 {
+            return Ok(());
+        }
+        let mut writers = self.factory.create_column_writers(self.row_groups)?;
+        let mut raw: Vec<Option<(Bytes, ColumnCloseResult)>> = vec![None; writers.len()];
+        for (k, field) in self.schema.fields().iter().enumerate() {
+            let leaves = self.leaves[k].clone();
+            let arrays: Vec<&ArrayRef> = self.pending.iter().map(|b| b.column(k)).collect();
+            let chunk = if leaves.len() == 1 {
+                raw_list_chunk(field, &arrays, self.descr.column(leaves.start))?
+            } else {
+                None
+            };
+            if let Some(chunk) = chunk {
+                raw[leaves.start] = Some(chunk);
+                self.raw_chunks += 1;
+                continue;
+            }
+            for a in arrays {
+                for (j, leaf) in compute_leaves(field, a)?.iter().enumerate() {
+                    writers[leaves.start + j].write(leaf)?;
+                }
+            }
+        }
+        let mut rg = self.writer.next_row_group()?;
+        for (w, raw) in writers.into_iter().zip(raw) {
+            match raw {
+                Some((bytes, close)) => rg.append_column(&bytes, close)?,
+                None => w.close()?.append_to_row_group(&mut rg)?,
+            }
+        }
+        rg.close()?;
+        self.row_groups += 1;
+        self.pending.clear();
+        self.pending_rows = 0;
+        Ok(())
+    }
+
+    /// Write what is queued and the footer; returns the writer.
+    pub(crate) fn finish(mut self) -> Result<W> {
+        self.flush()?;
+        self.writer.into_inner()
+    }
+
+    #[cfg(test)]
+    fn with_row_group_rows(mut self, n: usize) -> Self {
+        self.row_group_rows = n;
+        self
+    }
+}
+
+/// Bits needed for levels up to `max`.
+fn bit_width(max: i16) -> u32 {
+    16 - (max as u16).leading_zeros()
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Repetition levels of `rows` lists of `size` values (0 at each list's first value, 1
+/// elsewhere), RLE/bit-packed hybrid with bit width 1 and no length prefix.
+fn repetition_levels(rows: usize, size: usize) -> Vec<u8> {
+    // The bits repeat every `size` bytes (8 lists); runs hold a multiple of that.
+    let pattern: Vec<u8> = (0..size)
+        .map(|b| {
+            (0..8).fold(0u8, |byte, j| {
+                byte | (u8::from((b * 8 + j) % size != 0) << j)
+            })
+        })
+        .collect();
+    let per_run = (MAX_GROUPS_PER_RUN / size).max(1) * size;
+    let total = rows * size;
+    let groups = total.div_ceil(8);
+    let mut out = Vec::with_capacity(groups + groups / per_run * 2 + 8);
+    let mut done = 0;
+    while done < groups {
+        let n = per_run.min(groups - done);
+        put_varint(&mut out, ((n as u64) << 1) | 1);
+        out.extend((done..done + n).map(|g| pattern[g % size]));
+        done += n;
+    }
+    // zero the padding bits after the last value
+    let tail = total % 8;
+    if tail != 0
+        && let Some(last) = out.last_mut()
+    {
+        *last &= (1u8 << tail) - 1;
+    }
+    out
+}
+
+/// Definition levels: `n` times `max` as one RLE run (nothing when `max` is 0).
+fn definition_levels(n: usize, max: i16) -> Vec<u8> {
+    let mut out = Vec::new();
+    if max > 0 {
+        put_varint(&mut out, (n as u64) << 1);
+        let bytes = bit_width(max).div_ceil(8) as usize;
+        out.extend_from_slice(&(max as u32).to_le_bytes()[..bytes]);
+    }
+    out
+}
+
+/// The column chunk of `arrays` (one per queued batch) if the field is a list of floats
+/// of fixed size without NULLs at either level; `None` sends it down the generic path.
+fn raw_list_chunk(
+    field: &Field,
+    arrays: &[&ArrayRef],
+    descr: ColumnDescPtr,
+) -> Result<Option<(Bytes, ColumnCloseResult)>> {
+    let DataType::FixedSizeList(child, size) = field.data_type() else {
+        return Ok(None);
+    };
+    let width = match child.data_type() {
+        DataType::Float16 => 2,
+        DataType::Float32 => 4,
+        DataType::Float64 => 8,
+        _ => return Ok(None),
+    };
+    let size = usize::try_from(*size).unwrap_or(0);
+    if size == 0 || descr.max_rep_level() != 1 {
+        return Ok(None);
+    }
+    let mut rows = 0;
+    for a in arrays {
+        let list = a.as_fixed_size_list();
+        if list.null_count() > 0 || list.values().null_count() > 0 {
+            return Ok(None);
+        }
+        rows += list.len();
+    }
+    let values = rows * size;
+    let (Ok(num_values), Ok(num_rows)) = (u32::try_from(values), u32::try_from(rows)) else {
+        return Ok(None);
+    };
+    let rep = repetition_levels(rows, size);
+    let def = definition_levels(values, descr.max_def_level());
+    let mut buf = Vec::with_capacity(rep.len() + def.len() + values * width);
+    buf.extend_from_slice(&rep);
+    buf.extend_from_slice(&def);
+    for a in arrays {
+        // (a sliced list's values are sliced with it: they are exactly its rows')
+        let v = a.as_fixed_size_list().values();
+        buf.extend_from_slice(match v.data_type() {
+            DataType::Float16 => v.as_primitive::<Float16Type>().values().to_byte_slice(),
+            DataType::Float32 => v.as_primitive::<Float32Type>().values().to_byte_slice(),
+            _ => v.as_primitive::<Float64Type>().values().to_byte_slice(),
+        });
+    }
+    let uncompressed = buf.len();
+    let (Ok(rep_len), Ok(def_len)) = (u32::try_from(rep.len()), u32::try_from(def.len())) else {
+        return Ok(None);
+    };
+    let page = Page::DataPageV2 {
+        buf: Bytes::from(buf),
+        num_values,
+        encoding: Encoding::PLAIN,
+        num_nulls: 0,
+        num_rows,
+        def_levels_byte_len: def_len,
+        rep_levels_byte_len: rep_len,
+        is_compressed: false,
+        statistics: None,
+    };
+    let mut sink = TrackedWrite::new(Vec::with_capacity(uncompressed + 64));
+    {
+        let mut pw = SerializedPageWriter::new(&mut sink);
+        pw.write_page(CompressedPage::new(page, uncompressed))?;
+        pw.close()?;
+    }
+    let bytes = sink.into_inner()?;
+    let len = bytes.len() as i64;
+    // One page covering every row; offsets are relative to the chunk and rewritten by
+    // `append_column`. (The file writer needs an offset index for every column once any
+    // column has one.)
+    let mut offsets = OffsetIndexBuilder::new();
+    offsets.append_row_count(rows as i64);
+    offsets.append_offset_and_size(0, i32::try_from(len).unwrap_or(i32::MAX));
+    let metadata = ColumnChunkMetaData::builder(descr)
+        .set_encodings(vec![Encoding::PLAIN, Encoding::RLE])
+        .set_compression(Compression::UNCOMPRESSED)
+        .set_num_values(values as i64)
+        .set_total_compressed_size(len)
+        .set_total_uncompressed_size(len)
+        .set_data_page_offset(0)
+        .build()?;
+    Ok(Some((
+        Bytes::from(bytes),
+        ColumnCloseResult {
+            bytes_written: len as u64,
+            rows_written: rows as u64,
+            metadata,
+            bloom_filter: None,
+            column_index: None,
+            offset_index: Some(offsets.build()),
+        },
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{
+        FixedSizeListArray, Float16Array, Float32Array, Float64Array, Int64Array, StringArray,
+        StructArray,
+    };
+    use arrow::buffer::NullBuffer;
+    use arrow::datatypes::{Fields, Schema};
+    use half::f16;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    fn fsl(values: ArrayRef, size: i32, nulls: Option<NullBuffer>) -> ArrayRef {
+        let field = Arc::new(Field::new_list_field(values.data_type().clone(), true));
+        Arc::new(FixedSizeListArray::new(field, size, values, nulls))
+    }
+
+    /// Batches with f16 / f32 / f64 lists of 9 and 3, ints, strings and a struct; batch
+    /// `null_at` has a NULL list (its row group takes the generic path).
+    fn batches(rows: &[usize], null_at: Option<usize>) -> (SchemaRef, Vec<RecordBatch>) {
+        let mut out = Vec::new();
+        let mut schema = None;
+        let mut base = 0usize;
+        for (b, &n) in rows.iter().enumerate() {
+            let v = |k: usize, size: usize| (base * size + k) as f64 * 0.25 - 7.0;
+            let nulls = (null_at == Some(b) && n > 0)
+                .then(|| NullBuffer::from((0..n).map(|i| i != n / 2).collect::<Vec<_>>()));
+            let w16 = fsl(
+                Arc::new(Float16Array::from_iter_values(
+                    (0..n * 9).map(|k| f16::from_f64(v(k, 9))),
+                )),
+                9,
+                nulls.clone(),
+            );
+            let w32 = fsl(
+                Arc::new(Float32Array::from_iter_values(
+                    (0..n * 9).map(|k| v(k, 9) as f32),
+                )),
+                9,
+                None,
+            );
+            let w64 = fsl(
+                Arc::new(Float64Array::from_iter_values((0..n * 3).map(|k| v(k, 3)))),
+                3,
+                None,
+            );
+            let ids: ArrayRef = Arc::new(Int64Array::from_iter_values(
+                (base..base + n).map(|i| i as i64),
+            ));
+            let names: ArrayRef = Arc::new(StringArray::from_iter_values(
+                (0..n).map(|i| format!("r{}", base + i)),
+            ));
+            let st: ArrayRef = Arc::new(StructArray::new(
+                Fields::from(vec![
+                    Field::new("a", DataType::Int64, false),
+                    Field::new("b", DataType::Utf8, false),
+                ]),
+                vec![Arc::clone(&ids), Arc::clone(&names)],
+                None,
+            ));
+            let fields = vec![
+                Field::new("id", DataType::Int64, false),
+                Field::new("w16", w16.data_type().clone(), true),
+                Field::new("name", DataType::Utf8, false),
+                Field::new("w32", w32.data_type().clone(), false),
+                Field::new("s", st.data_type().clone(), false),
+                Field::new("w64", w64.data_type().clone(), true),
+            ];
+            let sch = Arc::new(Schema::new(fields));
+            out.push(
+                RecordBatch::try_new(Arc::clone(&sch), vec![ids, w16, names, w32, st, w64])
+                    .unwrap(),
+            );
+            schema = Some(sch);
+            base += n;
+        }
+        (schema.unwrap(), out)
+    }
+
+    /// Write and read back; returns (row groups, column chunks written raw).
+    fn round_trip(rows: &[usize], null_at: Option<usize>, row_group_rows: usize) -> (usize, usize) {
+        let (schema, input) = batches(rows, null_at);
+        let props = crate::export::export_properties(&schema).unwrap();
+        let mut w = RawParquetWriter::try_new(Vec::new(), &schema, props)
+            .unwrap()
+            .with_row_group_rows(row_group_rows);
+        for b in &input {
+            w.write(b).unwrap();
+        }
+        w.flush().unwrap();
+        let counts = (w.row_groups, w.raw_chunks);
+        let bytes = Bytes::from(w.finish().unwrap());
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap();
+        assert_eq!(reader.schema().as_ref(), schema.as_ref());
+        let got: Vec<RecordBatch> = reader
+            .build()
+            .unwrap()
+            .collect::<std::result::Result<_, _>>()
+            .unwrap();
+        let got = arrow::compute::concat_batches(&schema, &got).unwrap();
+        let want = arrow::compute::concat_batches(&schema, &input).unwrap();
+        assert_eq!(
+            got, want,
+            "rows {rows:?} null_at {null_at:?} row groups of {row_group_rows}"
+        );
+        counts
+    }
+
+    #[test]
+    fn lists_round_trip_through_raw_pages() {
+        // the three list columns of every row group go the raw way
+        assert_eq!(round_trip(&[5], None, 1 << 20), (1, 3));
+        assert_eq!(round_trip(&[1, 7, 8, 9, 64, 1000], None, 1 << 20), (1, 3));
+        // several row groups: [100, 3, 500] [57, 8, 1] with 128 rows each at least
+        assert_eq!(round_trip(&[100, 3, 500, 57, 8, 1], None, 128), (2, 6));
+        // a NULL list in the first row group ([100, 3, 500]): its w16 goes the generic way
+        assert_eq!(round_trip(&[100, 3, 500, 57, 8, 1], Some(2), 600), (2, 5));
+        assert_eq!(round_trip(&[0, 4], None, 2), (1, 3));
+        assert_eq!(round_trip(&[0], None, 8), (0, 0));
+    }
+
+    #[test]
+    fn level_encodings() {
+        // 2 lists of 3: levels 0 1 1 0 1 1 -> one bit-packed group 0b110110, 6 values
+        assert_eq!(repetition_levels(2, 3), vec![0b11, 0b0011_0110]);
+        // 8 lists of 9 = 72 values = 9 groups, a multiple of the period
+        let r = repetition_levels(8, 9);
+        assert_eq!(r[0], (9 << 1) | 1);
+        assert_eq!(r.len(), 10);
+        // 150 lists of 9: runs of 63 groups (504 values)
+        let r = repetition_levels(150, 9);
+        assert_eq!((r[0], r[64]), (127, 127));
+        assert_eq!(definition_levels(10, 1), vec![20, 1]);
+        assert_eq!(definition_levels(300, 2), vec![0xd8, 0x04, 2]);
+        assert!(definition_levels(10, 0).is_empty());
+    }
+}
