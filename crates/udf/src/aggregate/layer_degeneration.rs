@@ -42,14 +42,15 @@ use datafusion::logical_expr::{
     GroupsAccumulator, Signature, Volatility,
 };
 
-use super::layer_sparsity::layer_sparsity_ref;
 use super::layer_sparsity::{
-    DEFAULT_RATIO, DOC_SECTION, ExactFloat, GroupAgg, Groups, Single, exact_storage_type,
-    list_type, passes, ratio_at, ratio_column, set_ratio,
+    DEFAULT_RATIO, DOC_SECTION, ExactFloat, GroupAgg, Groups, Single, layer_sparsity_ref, passes,
+    ratio_at, ratio_column, set_ratio,
 };
-use super::orthogonality::{OrthogonalityState, orthogonality_ref};
+use super::orthogonality::{
+    OrthogonalityState, coerce_layer_args, layer_state_fields, orthogonality_ref, storage,
+};
 use super::variance_entropy::{ShiftedMoments, normalise, variance_entropy_ref};
-use crate::common::{Moments, coerce_weights, group_runs, sparse_threshold};
+use crate::common::{Moments, group_runs, sparse_threshold};
 
 const NAME: &str = "layer_degeneration";
 
@@ -382,12 +383,7 @@ impl AggregateUDFImpl for LayerDegenerationAgg {
                 );
             }
         };
-        for (what, t) in [("out_channel", o), ("in_channel", i)] {
-            if !(t.is_integer() || t == &DataType::Null) {
-                return plan_err!("{NAME} expects {what} as an integer, got {t}");
-            }
-        }
-        let mut out = vec![coerce_weights(NAME, w)?, DataType::Int64, DataType::Int64];
+        let mut out = coerce_layer_args(NAME, w, o, i)?;
         if let Some(r) = r {
             if !(r.is_numeric() || r == &DataType::Null) {
                 return plan_err!("{NAME} expects ratio as a number, got {r}");
@@ -409,19 +405,13 @@ impl AggregateUDFImpl for LayerDegenerationAgg {
     }
 
     fn state_fields(&self, args: StateFieldsArgs<'_>) -> Result<Vec<FieldRef>> {
-        let t = args
-            .input_fields
-            .first()
-            .map_or(DataType::Float64, |f| exact_storage_type(f.data_type()));
-        let f = |what: &str, t: DataType| {
-            Arc::new(Field::new(format_state_name(args.name, what), t, true))
-        };
-        Ok(vec![
-            f("out_channel", list_type(DataType::Int64)),
-            f("in_channel", list_type(DataType::Int64)),
-            f("weights", list_type(t)),
-            f("ratio", DataType::Float64),
-        ])
+        let mut fields = layer_state_fields(&args);
+        fields.push(Arc::new(Field::new(
+            format_state_name(args.name, "ratio"),
+            DataType::Float64,
+            true,
+        )));
+        Ok(fields)
     }
 
     fn groups_accumulator_supported(&self, _args: AccumulatorArgs<'_>) -> bool {
@@ -441,12 +431,6 @@ impl AggregateUDFImpl for LayerDegenerationAgg {
     fn documentation(&self) -> Option<&Documentation> {
         Some(&DOC)
     }
-}
-
-fn storage(args: &AccumulatorArgs<'_>) -> DataType {
-    args.expr_fields
-        .first()
-        .map_or(DataType::Float64, |f| exact_storage_type(f.data_type()))
 }
 
 /// The singleton `layer_degeneration` UDAF.

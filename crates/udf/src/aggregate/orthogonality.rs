@@ -975,16 +975,7 @@ impl AggregateUDFImpl for OrthogonalityAgg {
                 arg_types.len()
             );
         };
-        for (what, t) in [("out_channel", o), ("in_channel", i)] {
-            if !(t.is_integer() || t == &DataType::Null) {
-                return plan_err!("{NAME} expects {what} as an integer, got {t}");
-            }
-        }
-        Ok(vec![
-            coerce_weights(NAME, w)?,
-            DataType::Int64,
-            DataType::Int64,
-        ])
+        coerce_layer_args(NAME, w, o, i)
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
@@ -1001,18 +992,7 @@ impl AggregateUDFImpl for OrthogonalityAgg {
     }
 
     fn state_fields(&self, args: StateFieldsArgs<'_>) -> Result<Vec<FieldRef>> {
-        let t = args
-            .input_fields
-            .first()
-            .map_or(DataType::Float64, |f| exact_storage_type(f.data_type()));
-        let f = |what: &str, t: DataType| {
-            Arc::new(Field::new(format_state_name(args.name, what), t, true))
-        };
-        Ok(vec![
-            f("out_channel", list_type(DataType::Int64)),
-            f("in_channel", list_type(DataType::Int64)),
-            f("weights", list_type(t)),
-        ])
+        Ok(layer_state_fields(&args))
     }
 
     fn groups_accumulator_supported(&self, _args: AccumulatorArgs<'_>) -> bool {
@@ -1034,10 +1014,48 @@ impl AggregateUDFImpl for OrthogonalityAgg {
     }
 }
 
-fn storage(args: &AccumulatorArgs<'_>) -> DataType {
+/// The element type the layer state keeps for the call's weights (see
+/// [`exact_storage_type`]).
+pub(crate) fn storage(args: &AccumulatorArgs<'_>) -> DataType {
     args.expr_fields
         .first()
         .map_or(DataType::Float64, |f| exact_storage_type(f.data_type()))
+}
+
+/// `coerce_types` of `(weights, out_channel, in_channel)`: the weights as
+/// [`coerce_weights`] takes them, the channels as Int64.
+pub(crate) fn coerce_layer_args(
+    func: &str,
+    w: &DataType,
+    o: &DataType,
+    i: &DataType,
+) -> Result<Vec<DataType>> {
+    for (what, t) in [("out_channel", o), ("in_channel", i)] {
+        if !(t.is_integer() || t == &DataType::Null) {
+            return plan_err!("{func} expects {what} as an integer, got {t}");
+        }
+    }
+    Ok(vec![
+        coerce_weights(func, w)?,
+        DataType::Int64,
+        DataType::Int64,
+    ])
+}
+
+/// The state fields of an [`OrthogonalityState`]: each group's out and in channels and
+/// weights as lists.
+pub(crate) fn layer_state_fields(args: &StateFieldsArgs<'_>) -> Vec<FieldRef> {
+    let t = args
+        .input_fields
+        .first()
+        .map_or(DataType::Float64, |f| exact_storage_type(f.data_type()));
+    let f =
+        |what: &str, t: DataType| Arc::new(Field::new(format_state_name(args.name, what), t, true));
+    vec![
+        f("out_channel", list_type(DataType::Int64)),
+        f("in_channel", list_type(DataType::Int64)),
+        f("weights", list_type(t)),
+    ]
 }
 
 /// The singleton `orthogonality` UDAF.
