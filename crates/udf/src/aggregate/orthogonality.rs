@@ -899,17 +899,18 @@ impl<T: ExactFloat> GroupAgg for OrthogonalityState<T> {
 
     fn take(&mut self, emit: EmitTo) {
         // Keep the largest buffers of the emitted groups for the next ones: a layer's
-        // buffers grow by doubling into fresh pages, which cost as much as the rest of
-        // the state's work (page faults and zeroing) when every layer starts empty.
+        // buffers grow by doubling into fresh pages (page faults and zeroing) when every
+        // layer starts empty.
         for mut l in emit.take_needed(&mut self.groups) {
             l.out.clear();
             l.inp.clear();
             l.w.clear();
             self.spare.push(l);
         }
-        self.spare
-            .sort_unstable_by_key(|l| std::cmp::Reverse(l.bytes()));
-        for l in self.spare.drain(SPARE_LAYERS.min(self.spare.len())..) {
+        // Smallest first: `resize` pops the largest, the smallest are dropped.
+        self.spare.sort_unstable_by_key(Layer::bytes);
+        let extra = self.spare.len().saturating_sub(SPARE_LAYERS);
+        for l in self.spare.drain(..extra) {
             self.bytes -= l.bytes();
         }
     }
