@@ -277,8 +277,7 @@ impl Moments {
     /// Add `rows.len() / 9` vectors stored row after row; the bits of [`Moments::add`]
     /// called row by row.
     pub fn add_rows(&mut self, rows: &[f64]) {
-        self.n += (rows.len() / 9) as u64;
-        self.with_full(|s1, s2| crate::simd::moments_portable(rows, &[0.0; 9], s1, s2));
+        self.add_rows_shifted(rows, &[0.0; 9]);
     }
 
     /// Add `rows.len() / 9` f64 vectors minus `shift`; the bits of [`Moments::add`]

@@ -44,10 +44,10 @@ use datafusion::logical_expr::{
 
 use super::layer_sparsity::{
     DEFAULT_RATIO, DOC_SECTION, ExactFloat, GroupAgg, Groups, Single, layer_sparsity_ref, passes,
-    ratio_at, ratio_column, set_ratio,
+    ratio_at, ratio_column, set_ratio, storage,
 };
 use super::orthogonality::{
-    OrthogonalityState, coerce_layer_args, layer_state_fields, orthogonality_ref, storage,
+    OrthogonalityState, coerce_layer_args, layer_state_fields, orthogonality_ref,
 };
 use super::variance_entropy::{ShiftedMoments, normalise, variance_entropy_ref};
 use crate::common::{Moments, group_runs, sparse_threshold};

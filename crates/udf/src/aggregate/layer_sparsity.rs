@@ -588,16 +588,26 @@ pub(crate) fn coerce_weights_ratio(func: &str, arg_types: &[DataType]) -> Result
     }
 }
 
+/// The element type a state keeps for the weights (the first argument) of a call.
+pub(crate) fn storage(args: &AccumulatorArgs<'_>) -> DataType {
+    args.expr_fields
+        .first()
+        .map_or(DataType::Float64, |f| exact_storage_type(f.data_type()))
+}
+
+/// [`storage`] as `state_fields` sees the call.
+pub(crate) fn state_storage(args: &StateFieldsArgs<'_>) -> DataType {
+    args.input_fields
+        .first()
+        .map_or(DataType::Float64, |f| exact_storage_type(f.data_type()))
+}
+
 /// State fields of a [`FilterListAgg`]: `<name>[filter_values]` and `<name>[ratio]`.
 pub(crate) fn filter_list_state_fields(args: &StateFieldsArgs<'_>, what: &str) -> Vec<FieldRef> {
-    let t = args
-        .input_fields
-        .first()
-        .map_or(DataType::Float64, |f| exact_storage_type(f.data_type()));
     vec![
         Arc::new(Field::new(
             format_state_name(args.name, what),
-            list_type(t),
+            list_type(state_storage(args)),
             true,
         )),
         Arc::new(Field::new(
@@ -613,12 +623,8 @@ pub(crate) fn filter_list_groups(
     kind: ListKind,
     args: &AccumulatorArgs<'_>,
 ) -> Box<dyn GroupsAccumulator> {
-    match args
-        .expr_fields
-        .first()
-        .map(|f| exact_storage_type(f.data_type()))
-    {
-        Some(DataType::Float32) => Box::new(Groups(FilterListAgg::<Float32Type>::new(kind))),
+    match storage(args) {
+        DataType::Float32 => Box::new(Groups(FilterListAgg::<Float32Type>::new(kind))),
         _ => Box::new(Groups(FilterListAgg::<Float64Type>::new(kind))),
     }
 }
@@ -628,12 +634,8 @@ pub(crate) fn filter_list_single(
     kind: ListKind,
     args: &AccumulatorArgs<'_>,
 ) -> Box<dyn Accumulator> {
-    match args
-        .expr_fields
-        .first()
-        .map(|f| exact_storage_type(f.data_type()))
-    {
-        Some(DataType::Float32) => Box::new(Single::new(FilterListAgg::<Float32Type>::new(kind))),
+    match storage(args) {
+        DataType::Float32 => Box::new(Single::new(FilterListAgg::<Float32Type>::new(kind))),
         _ => Box::new(Single::new(FilterListAgg::<Float64Type>::new(kind))),
     }
 }

@@ -33,8 +33,8 @@ use datafusion::logical_expr::{
 };
 
 use super::layer_sparsity::{
-    DOC_SECTION, ExactFloat, GroupAgg, Groups, Single, exact_storage_type, list_of, list_type,
-    passes,
+    DOC_SECTION, ExactFloat, GroupAgg, Groups, Single, list_of, list_type, passes, state_storage,
+    storage,
 };
 use crate::common::{Filters, Flat, coerce_weights, group_runs};
 
@@ -1015,14 +1015,6 @@ impl AggregateUDFImpl for OrthogonalityAgg {
     }
 }
 
-/// The element type the layer state keeps for the call's weights (see
-/// [`exact_storage_type`]).
-pub(crate) fn storage(args: &AccumulatorArgs<'_>) -> DataType {
-    args.expr_fields
-        .first()
-        .map_or(DataType::Float64, |f| exact_storage_type(f.data_type()))
-}
-
 /// `coerce_types` of `(weights, out_channel, in_channel)`: the weights as
 /// [`coerce_weights`] takes them, the channels as Int64.
 pub(crate) fn coerce_layer_args(
@@ -1046,10 +1038,7 @@ pub(crate) fn coerce_layer_args(
 /// The state fields of an [`OrthogonalityState`]: each group's out and in channels and
 /// weights as lists.
 pub(crate) fn layer_state_fields(args: &StateFieldsArgs<'_>) -> Vec<FieldRef> {
-    let t = args
-        .input_fields
-        .first()
-        .map_or(DataType::Float64, |f| exact_storage_type(f.data_type()));
+    let t = state_storage(args);
     let f =
         |what: &str, t: DataType| Arc::new(Field::new(format_state_name(args.name, what), t, true));
     vec![
