@@ -12,8 +12,6 @@ use arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
 
 use crate::error::{Result, SqlError};
 
@@ -201,17 +199,12 @@ pub fn sink_for<W: Write + Send + 'static>(
 ) -> Result<Box<dyn BatchSink>> {
     Ok(match format {
         ExportFormat::Parquet => {
-            let props = export_properties(schema).map_err(|source| SqlError::Parquet {
-                path: path.to_path_buf(),
-                source,
+            let w = raw_parquet::RawParquetWriter::try_new(out, schema).map_err(|source| {
+                SqlError::Parquet {
+                    path: path.to_path_buf(),
+                    source,
+                }
             })?;
-            let w =
-                raw_parquet::RawParquetWriter::try_new(out, schema, props).map_err(|source| {
-                    SqlError::Parquet {
-                        path: path.to_path_buf(),
-                        source,
-                    }
-                })?;
             Box::new(ParquetSink {
                 w,
                 path: path.to_path_buf(),
@@ -232,47 +225,6 @@ pub fn sink_for<W: Write + Send + 'static>(
             ));
         }
     })
-}
-
-/// Parquet settings of an export: zstd (level 1); integer leaves (ids, channels)
-/// DELTA_BINARY_PACKED without dictionary (runs of equal or consecutive ids shrink to a
-/// few bits per value either way, and the dictionary's hash lookups were a third of an
-/// npy export's side file); floating-point leaves (the weights) PLAIN, uncompressed,
-/// without dictionary and without statistics — trained weights hardly compress (1.08x
-/// with zstd, measured on the store's columns), a dictionary of them only grows until
-/// parquet-rs gives it up, and their min/max prune nothing, while computing all three
-/// took half of a Parquet export's time (the store's own writer does the same,
-/// `filterdb_store::write`).
-fn export_properties(schema: &SchemaRef) -> parquet::errors::Result<WriterProperties> {
-    use parquet::basic::{Encoding, LogicalType, Type as PhysicalType};
-    use parquet::file::properties::EnabledStatistics;
-    let descr = parquet::arrow::ArrowSchemaConverter::new().convert(schema)?;
-    let mut b =
-        WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?));
-    for col in descr.columns() {
-        let float = matches!(
-            col.physical_type(),
-            PhysicalType::FLOAT | PhysicalType::DOUBLE
-        ) || matches!(col.logical_type_ref(), Some(LogicalType::Float16));
-        let integer = matches!(
-            col.physical_type(),
-            PhysicalType::INT32 | PhysicalType::INT64
-        );
-        if integer {
-            b = b
-                .set_column_dictionary_enabled(col.path().clone(), false)
-                .set_column_encoding(col.path().clone(), Encoding::DELTA_BINARY_PACKED);
-        }
-        if float {
-            let p = col.path().clone();
-            b = b
-                .set_column_compression(p.clone(), Compression::UNCOMPRESSED)
-                .set_column_dictionary_enabled(p.clone(), false)
-                .set_column_encoding(p.clone(), Encoding::PLAIN)
-                .set_column_statistics_enabled(p, EnabledStatistics::None);
-        }
-    }
-    Ok(b.build())
 }
 
 /// Replace each FixedSizeList column `c` by columns `c_0 .. c_{n-1}` (for CSV).

@@ -471,10 +471,29 @@ fn raw_plain_chunk(
         is_compressed: false,
         statistics: None,
     };
-    let mut sink = TrackedWrite::new(Vec::with_capacity(values.len() + 64));
+    single_page_chunk(page, n, vec![Encoding::PLAIN], descr)
+}
+
+/// A column chunk whose only page is `page` (uncompressed, without statistics) holding
+/// `rows` rows: the chunk's bytes and the close result that
+/// `SerializedRowGroupWriter::append_column` takes. `encodings` lists the page's value
+/// and level encodings for the chunk's metadata. Used by the store's raw weight columns
+/// and by exports' raw list columns (`filterdb_sql`).
+///
+/// # Errors
+/// Parquet errors writing the page header.
+pub fn single_page_chunk(
+    page: Page,
+    rows: usize,
+    encodings: Vec<Encoding>,
+    descr: parquet::schema::types::ColumnDescPtr,
+) -> parquet::errors::Result<(Bytes, ColumnCloseResult)> {
+    let uncompressed = page.buffer().len();
+    let num_values = i64::from(page.num_values());
+    let mut sink = TrackedWrite::new(Vec::with_capacity(uncompressed + 64));
     {
         let mut pw = SerializedPageWriter::new(&mut sink);
-        pw.write_page(CompressedPage::new(page, values.len()))?;
+        pw.write_page(CompressedPage::new(page, uncompressed))?;
         pw.close()?;
     }
     let bytes = sink.into_inner()?;
@@ -483,12 +502,12 @@ fn raw_plain_chunk(
     // `append_column`. (The file writer needs an offset index for every column once
     // any column has one.)
     let mut offsets = OffsetIndexBuilder::new();
-    offsets.append_row_count(n as i64);
+    offsets.append_row_count(rows as i64);
     offsets.append_offset_and_size(0, i32::try_from(len).unwrap_or(i32::MAX));
     let metadata = ColumnChunkMetaData::builder(descr)
-        .set_encodings(vec![Encoding::PLAIN])
+        .set_encodings(encodings)
         .set_compression(Compression::UNCOMPRESSED)
-        .set_num_values(n as i64)
+        .set_num_values(num_values)
         .set_total_compressed_size(len)
         .set_total_uncompressed_size(len)
         .set_data_page_offset(0)
@@ -497,7 +516,7 @@ fn raw_plain_chunk(
         Bytes::from(bytes),
         ColumnCloseResult {
             bytes_written: len as u64,
-            rows_written: n as u64,
+            rows_written: rows as u64,
             metadata,
             bloom_filter: None,
             column_index: None,

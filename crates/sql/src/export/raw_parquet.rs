@@ -13,8 +13,8 @@
 //! Arrow schema embedded (readers get `FixedSizeList<Float16, 9>` back).
 //!
 //! Why by hand: parquet-rs offers no way to hand it pre-encoded pages for a nested column
-//! except the low-level page writer used here (as the store's writer does for its flat
-//! weight columns, `filterdb_store::write`).
+//! except its low-level page writer; the chunk around the page is built by
+//! [`filterdb_store::single_page_chunk`], as for the store's flat weight columns.
 
 use std::io::Write;
 use std::ops::Range;
@@ -25,16 +25,16 @@ use arrow::datatypes::{
     DataType, Field, Float16Type, Float32Type, Float64Type, SchemaRef, ToByteSlice,
 };
 use bytes::Bytes;
+use filterdb_store::single_page_chunk;
 use parquet::arrow::arrow_writer::{ArrowRowGroupWriterFactory, compute_leaves};
 use parquet::arrow::{ArrowSchemaConverter, add_encoded_arrow_schema_to_metadata};
-use parquet::basic::{Compression, Encoding};
-use parquet::column::page::{CompressedPage, Page, PageWriter};
+use parquet::basic::{Compression, Encoding, LogicalType, Type as PhysicalType, ZstdLevel};
+use parquet::column::page::Page;
 use parquet::column::writer::ColumnCloseResult;
 use parquet::errors::{ParquetError, Result};
-use parquet::file::metadata::{ColumnChunkMetaData, OffsetIndexBuilder};
-use parquet::file::properties::WriterProperties;
-use parquet::file::writer::{SerializedFileWriter, SerializedPageWriter, TrackedWrite};
-use parquet::schema::types::{ColumnDescPtr, SchemaDescPtr};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::writer::SerializedFileWriter;
+use parquet::schema::types::{ColumnDescPtr, SchemaDescPtr, SchemaDescriptor};
 
 /// Rows per row group (parquet-rs's default).
 const ROW_GROUP_ROWS: usize = 1 << 20;
@@ -60,9 +60,11 @@ pub(crate) struct RawParquetWriter<W: Write + Send> {
 }
 
 impl<W: Write + Send> RawParquetWriter<W> {
-    /// A writer of `schema` to `out` with `props` (the Arrow schema is embedded).
-    pub(crate) fn try_new(out: W, schema: &SchemaRef, mut props: WriterProperties) -> Result<Self> {
+    /// A writer of `schema` to `out` with [`export_properties`] (the Arrow schema is
+    /// embedded).
+    pub(crate) fn try_new(out: W, schema: &SchemaRef) -> Result<Self> {
         let descr = Arc::new(ArrowSchemaConverter::new().convert(schema)?);
+        let mut props = export_properties(&descr)?;
         add_encoded_arrow_schema_to_metadata(schema, &mut props);
         let writer = SerializedFileWriter::new(out, descr.root_schema_ptr(), Arc::new(props))?;
         let factory = ArrowRowGroupWriterFactory::new(&writer, Arc::clone(schema));
@@ -161,6 +163,44 @@ impl<W: Write + Send> RawParquetWriter<W> {
         self.row_group_rows = n;
         self
     }
+}
+
+/// Parquet settings of an export: zstd (level 1); integer leaves (ids, channels)
+/// DELTA_BINARY_PACKED without dictionary (runs of equal or consecutive ids shrink to a
+/// few bits per value either way, and the dictionary's hash lookups were a third of an
+/// npy export's side file); floating-point leaves (the weights) PLAIN, uncompressed,
+/// without dictionary and without statistics — trained weights hardly compress (1.08x
+/// with zstd, measured on the store's columns), a dictionary of them only grows until
+/// parquet-rs gives it up, and their min/max prune nothing, while computing all three
+/// took half of a Parquet export's time (the store's own writer does the same,
+/// `filterdb_store::write`).
+fn export_properties(descr: &SchemaDescriptor) -> Result<WriterProperties> {
+    let mut b =
+        WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?));
+    for col in descr.columns() {
+        let float = matches!(
+            col.physical_type(),
+            PhysicalType::FLOAT | PhysicalType::DOUBLE
+        ) || matches!(col.logical_type_ref(), Some(LogicalType::Float16));
+        let integer = matches!(
+            col.physical_type(),
+            PhysicalType::INT32 | PhysicalType::INT64
+        );
+        if integer {
+            b = b
+                .set_column_dictionary_enabled(col.path().clone(), false)
+                .set_column_encoding(col.path().clone(), Encoding::DELTA_BINARY_PACKED);
+        }
+        if float {
+            let p = col.path().clone();
+            b = b
+                .set_column_compression(p.clone(), Compression::UNCOMPRESSED)
+                .set_column_dictionary_enabled(p.clone(), false)
+                .set_column_encoding(p.clone(), Encoding::PLAIN)
+                .set_column_statistics_enabled(p, EnabledStatistics::None);
+        }
+    }
+    Ok(b.build())
 }
 
 /// Bits needed for levels up to `max`.
@@ -265,7 +305,6 @@ fn raw_list_chunk(
             _ => v.as_primitive::<Float64Type>().values().to_byte_slice(),
         });
     }
-    let uncompressed = buf.len();
     let (Ok(rep_len), Ok(def_len)) = (u32::try_from(rep.len()), u32::try_from(def.len())) else {
         return Ok(None);
     };
@@ -280,39 +319,7 @@ fn raw_list_chunk(
         is_compressed: false,
         statistics: None,
     };
-    let mut sink = TrackedWrite::new(Vec::with_capacity(uncompressed + 64));
-    {
-        let mut pw = SerializedPageWriter::new(&mut sink);
-        pw.write_page(CompressedPage::new(page, uncompressed))?;
-        pw.close()?;
-    }
-    let bytes = sink.into_inner()?;
-    let len = bytes.len() as i64;
-    // One page covering every row; offsets are relative to the chunk and rewritten by
-    // `append_column`. (The file writer needs an offset index for every column once any
-    // column has one.)
-    let mut offsets = OffsetIndexBuilder::new();
-    offsets.append_row_count(rows as i64);
-    offsets.append_offset_and_size(0, i32::try_from(len).unwrap_or(i32::MAX));
-    let metadata = ColumnChunkMetaData::builder(descr)
-        .set_encodings(vec![Encoding::PLAIN, Encoding::RLE])
-        .set_compression(Compression::UNCOMPRESSED)
-        .set_num_values(values as i64)
-        .set_total_compressed_size(len)
-        .set_total_uncompressed_size(len)
-        .set_data_page_offset(0)
-        .build()?;
-    Ok(Some((
-        Bytes::from(bytes),
-        ColumnCloseResult {
-            bytes_written: len as u64,
-            rows_written: rows as u64,
-            metadata,
-            bloom_filter: None,
-            column_index: None,
-            offset_index: Some(offsets.build()),
-        },
-    )))
+    single_page_chunk(page, rows, vec![Encoding::PLAIN, Encoding::RLE], descr).map(Some)
 }
 
 #[cfg(test)]
@@ -397,8 +404,7 @@ mod tests {
     /// Write and read back; returns (row groups, column chunks written raw).
     fn round_trip(rows: &[usize], null_at: Option<usize>, row_group_rows: usize) -> (usize, usize) {
         let (schema, input) = batches(rows, null_at);
-        let props = crate::export::export_properties(&schema).unwrap();
-        let mut w = RawParquetWriter::try_new(Vec::new(), &schema, props)
+        let mut w = RawParquetWriter::try_new(Vec::new(), &schema)
             .unwrap()
             .with_row_group_rows(row_group_rows);
         for b in &input {
