@@ -478,21 +478,14 @@ fn print_bulk(report: &filterdb_ingest::BulkReport, secs: f64) -> ExitCode {
             f.error
         );
     }
-    let filters = report.filters_committed();
-    println!(
-        "{} committed, {} already stored or repeated, {} failed; {} filters in {:.2} s ({:.2}M filters/s)",
+    crate::report::print_totals(
         report.committed.len(),
         report.skipped_present.len(),
+        "already stored or repeated",
         report.failed.len(),
-        filters,
+        report.filters_committed(),
         secs,
-        filters as f64 / secs.max(1e-9) / 1e6
-    );
-    if report.failed.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    )
 }
 
 /// `filterdb gen`.

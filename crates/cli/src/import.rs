@@ -159,19 +159,12 @@ pub fn run(a: ImportArgs) -> Result<ExitCode> {
             report.unreferenced_filters
         );
     }
-    let filters = report.filters_committed();
-    println!(
-        "{} committed, {} already stored, {} failed; {} filters in {:.2} s ({:.2}M filters/s)",
+    Ok(crate::report::print_totals(
         report.committed.len(),
         report.skipped.len(),
+        "already stored",
         report.failed.len(),
-        filters,
+        report.filters_committed(),
         secs,
-        filters as f64 / secs.max(1e-9) / 1e6
-    );
-    Ok(if report.failed.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    ))
 }

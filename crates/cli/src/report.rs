@@ -1,7 +1,32 @@
-//! Printing a model's validation report: after each ingest and in `info --model`.
+//! Printing a model's validation report: after each ingest and in `info --model`; and
+//! the closing line of the bulk commands.
 //! (The binary has no unit tests; `tests/cli.rs` checks this output.)
 
+use std::process::ExitCode;
+
 use filterdb_store::{SkippedTensor, ValidationReport};
+
+/// The closing line of a bulk command (`ingest --manifest`, `gen --store`,
+/// `import-cnnfilterdb`): what was committed, skipped (`skipped_what`) and failed, the
+/// filters committed and their rate; failure as the exit code when anything failed.
+pub fn print_totals(
+    committed: usize,
+    skipped: usize,
+    skipped_what: &str,
+    failed: usize,
+    filters: u64,
+    secs: f64,
+) -> ExitCode {
+    println!(
+        "{committed} committed, {skipped} {skipped_what}, {failed} failed; {filters} filters in {secs:.2} s ({:.2}M filters/s)",
+        filters as f64 / secs.max(1e-9) / 1e6
+    );
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
 
 /// `warning[code]: message`, one line per warning.
 pub fn warning_lines(r: &ValidationReport) -> Vec<String> {
