@@ -61,7 +61,7 @@ use criterion::{
 };
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::function::AccumulatorArgs;
-use datafusion::logical_expr::{AggregateUDF, EmitTo, GroupsAccumulator};
+use datafusion::logical_expr::{AggregateUDF, ColumnarValue, EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::{Column, Literal};
 use half::f16;
@@ -98,7 +98,7 @@ use filterdb_udf::scalar::l1_norm::l1_norm_ref;
 use filterdb_udf::scalar::l2_norm::l2_norm_ref;
 use filterdb_udf::scalar::linf_norm::linf_norm_ref;
 use filterdb_udf::scalar::make_weights::{make_weights_kernel, make_weights_ref};
-use filterdb_udf::scalar::pca_project::{pca_project_kernel, pca_project_ref};
+use filterdb_udf::scalar::pca_project::{pca_project_batch, pca_project_kernel, pca_project_ref};
 use filterdb_udf::scalar::peak_scale::{peak_scale_kernel, peak_scale_ref};
 
 /// Rows per batch (DataFusion's default batch size).
@@ -711,6 +711,45 @@ fn bench_pca_project(c: &mut Criterion) {
                     .collect()
             },
             close(1e-9, 1e-12),
+        );
+    }
+}
+
+/// `pca_project(peak_scale(w), basis)` as the planner runs it, fused
+/// (`pca_project(w, basis, true)`: widen, scale and project a chunk at a time), against
+/// the two kernels one after the other, each materialising its batch.
+fn bench_pca_project_scaled(c: &mut Criterion) {
+    for p in Prec::ALL {
+        compare(
+            c,
+            &format!("scalar/pca_project_scaled/{}", p.name()),
+            n_filters,
+            || {
+                let basis = Basis::to_array(&[Some(BASIS.clone())]).expect("basis");
+                let basis = ScalarValue::try_from_array(&basis, 0).expect("basis");
+                (p.weights(), basis)
+            },
+            |(batches, _)| {
+                batches
+                    .iter()
+                    .map(|b| -> ArrayRef {
+                        let f = Filters::try_new("peak_scale", b.as_ref()).expect("filters");
+                        let s = peak_scale_kernel(&f).expect("peak_scale");
+                        let f = Filters::try_new("pca_project", &s).expect("filters");
+                        Arc::new(pca_project_kernel(&f, &BASIS).expect("pca_project"))
+                    })
+                    .collect()
+            },
+            |(batches, basis)| {
+                let basis = ColumnarValue::Scalar(basis.clone());
+                batches
+                    .iter()
+                    .map(|b| -> ArrayRef {
+                        Arc::new(pca_project_batch(b.as_ref(), &basis, true).expect("fused"))
+                    })
+                    .collect()
+            },
+            close(0.0, 0.0),
         );
     }
 }
@@ -1337,6 +1376,7 @@ fn bench_scalars(c: &mut Criterion) {
     bench_peak_scale(c);
     bench_norms(c);
     bench_pca_project(c);
+    bench_pca_project_scaled(c);
     bench_kl_drift(c);
     bench_depth_bucket(c);
 }

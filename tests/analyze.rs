@@ -192,7 +192,8 @@ fn degeneration_and_pca_report() {
 
 /// The same answers with one partition, several, and a memory limit small enough to make
 /// the aggregates spill: `pca_fit` sums are exact across batches and partitions, and the
-/// scan cuts the same batches whatever the partitioning, so the output is identical.
+/// scan cuts the same batches whatever the partitioning (its layer splits fall where
+/// batches end anyway), so the output is identical.
 #[test]
 fn answers_do_not_depend_on_partitions_or_memory_limit() {
     let store = fixture_store("f16");
@@ -235,6 +236,9 @@ fn answers_do_not_depend_on_partitions_or_memory_limit() {
     for extra in [
         &["--threads", "2"][..],
         &["--threads", "5"][..],
+        // more partitions than models, and than the scan can fill with layers
+        &["--threads", "7"][..],
+        &["--threads", "48"][..],
         &["--threads", "3", "--memory-limit", "2M"][..],
     ] {
         let other = run(extra);
@@ -242,4 +246,40 @@ fn answers_do_not_depend_on_partitions_or_memory_limit() {
         assert_eq!(one.2, other.2, "kl-matrix by depth with {extra:?}");
         assert_eq!(one.1, other.1, "degeneration with {extra:?}");
     }
+}
+
+/// The KL pipeline's `pca_project(peak_scale(weights), basis)` is planned as the fused
+/// `pca_project(weights, basis, true)`, and on the fixture store's float16 filters that
+/// gives the bits of projecting `peak_scale(weights)` materialised first.
+#[test]
+fn peak_scale_is_fused_into_pca_project() {
+    use arrow::array::{Array, AsArray};
+    let (rt, ctx) = crate::common::store_ctx(fixture_store("f16"));
+    rt.block_on(async {
+        let run = |sql: &'static str| {
+            let ctx = ctx.clone();
+            async move { ctx.sql(sql).await.expect("plan").collect().await.expect("run") }
+        };
+        run("CREATE TABLE _b AS SELECT pca_fit(peak_scale(weights)) AS b FROM filters").await;
+        let plan = run(
+            "EXPLAIN SELECT coef_range(pca_project(peak_scale(weights), (SELECT b FROM _b))) FROM filters",
+        )
+        .await;
+        let text = arrow::util::pretty::pretty_format_batches(&plan).unwrap().to_string();
+        // (the output column keeps the name of the expression as written)
+        assert!(!text.contains("pca_project(peak_scale(filters.weights), "), "{text}");
+        assert!(
+            text.contains("pca_project(filters.weights, (<subquery>), Boolean(true))"),
+            "{text}"
+        );
+        run("CREATE TABLE _s AS SELECT weights, peak_scale(weights) AS s FROM filters").await;
+        let same = run(
+            "SELECT count(*), bool_and(pca_project(s, b) = pca_project(weights, b, true)) FROM _s, _b",
+        )
+        .await;
+        let n = same[0].column(0).as_primitive::<arrow::datatypes::Int64Type>().value(0);
+        assert!(n > 1000, "{n} filters");
+        assert!(same[0].column(1).as_boolean().value(0));
+        assert!(same[0].column(1).is_valid(0));
+    });
 }

@@ -19,10 +19,15 @@
 //! build side, a TopK bound) skip the row groups and files they rule out as each file
 //! is opened. Pruning is always inexact: DataFusion still filters the rows it reads.
 //!
-//! Work is split into contiguous runs of row groups of about equal size, one per target
-//! partition; batches never span a row group and start at fixed offsets inside it
-//! (multiples of the batch size), so the same rows form the same batches whatever the
-//! number of partitions.
+//! Work is split into contiguous runs of about equal size, one per target partition:
+//! whole models when that balances (range partitioning on `model_id`), else whole
+//! layers, cut at the layer starts nearest the equal shares (range partitioning on
+//! `(model_id, layer_idx)`; a row group holding a cut is read by both sides, each keeping
+//! its own layers), so aggregates grouped by layer never repartition the weights and a
+//! store of a few large models still keeps every core busy. Batches never span a row
+//! group and start at fixed offsets inside it (multiples of the batch size), so the same
+//! rows form the same batches whatever the number of partitions (batches also end where
+//! a layer starts, so a layer cut never splits one).
 
 use std::collections::HashSet;
 use std::fmt;
@@ -30,13 +35,14 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use arrow::array::AsArray;
 use arrow::array::{
     ArrayRef, BooleanArray, Int64Array, PrimitiveArray, RecordBatch, RecordBatchOptions,
     UInt64Array,
 };
 use arrow::buffer::{MutableBuffer, ScalarBuffer};
 use arrow::compute::SortOptions;
-use arrow::datatypes::{Float16Type, Float32Type, Schema, SchemaRef};
+use arrow::datatypes::{Float16Type, Float32Type, Int32Type, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::config::ConfigOptions;
@@ -83,6 +89,9 @@ use parquet::file::serialized_reader::SerializedPageReader;
 
 /// Index of the first weight column (`w0`) in the `filters` schema.
 const FIRST_WEIGHT: usize = 5;
+
+/// Index of `layer_idx` in the `filters` schema.
+const LAYER_COLUMN: usize = 2;
 
 /// The id columns: row-group statistics are written for them (the weight columns have
 /// none), so conditions on them can prune.
@@ -253,24 +262,32 @@ impl TableProvider for FilterColumnsTable {
                 pruned.files += 1;
                 continue;
             }
-            let mut first = true;
-            for (rg, _) in groups.into_iter().zip(keep).filter(|(_, k)| *k) {
+            let kept: Vec<usize> = groups
+                .into_iter()
+                .zip(keep)
+                .filter(|(_, k)| *k)
+                .map(|(rg, _)| rg)
+                .collect();
+            let layers = RowGroupStats::new(&shared, &kept).layer_ranges();
+            for (i, &rg) in kept.iter().enumerate() {
                 units.push(Unit {
                     file: Arc::clone(&shared),
                     row_group: rg,
                     rows: shared.meta.row_group(rg).num_rows() as usize,
-                    first_of_file: first,
+                    first_of_file: i == 0,
+                    layers: layers.as_ref().and_then(|l| l[i]),
+                    from: None,
+                    to: None,
                 });
-                first = false;
             }
         }
         let target = state.config().target_partitions().max(1);
-        let (partitions, by_model) = split(units, target);
+        let (partitions, layout) = split(units, target);
         Ok(Arc::new(FilterScanExec::new(
             schema,
             projection,
             partitions,
-            by_model,
+            layout,
             state.config().batch_size(),
             limit,
             self.precision,
@@ -385,6 +402,23 @@ impl<'a> RowGroupStats<'a> {
         groups.iter().map(move |&rg| meta.row_group(rg))
     }
 
+    /// Each row group's smallest and largest `layer_idx`, where the statistics have them.
+    fn layer_ranges(&self) -> Option<Vec<Option<(i32, i32)>>> {
+        let c = self.converter("layer_idx")?;
+        let mins = c.row_group_mins(self.metadata()).ok()?;
+        let maxes = c.row_group_maxes(self.metadata()).ok()?;
+        let (mins, maxes) = (
+            mins.as_primitive_opt::<Int32Type>()?,
+            maxes.as_primitive_opt::<Int32Type>()?,
+        );
+        Some(
+            mins.iter()
+                .zip(maxes.iter())
+                .map(|(lo, hi)| lo.zip(hi))
+                .collect(),
+        )
+    }
+
     fn model_ids(&self) -> ArrayRef {
         Arc::new(Int64Array::from_value(
             self.file.model_id,
@@ -455,6 +489,9 @@ struct OpenFile {
     arrow_meta: ArrowReaderMetadata,
 }
 
+/// A position in the store's sort order: `(model_id, layer_idx)`.
+type Key = (i64, i32);
+
 /// One row group to read.
 #[derive(Debug, Clone)]
 struct Unit {
@@ -463,23 +500,148 @@ struct Unit {
     rows: usize,
     /// The first unit of its file (a file pruned at execution is counted there).
     first_of_file: bool,
+    /// The smallest and largest `layer_idx` in the row group (its statistics), when known.
+    layers: Option<(i32, i32)>,
+    /// Only the rows with `from <= (model_id, layer_idx) < to` belong to this partition
+    /// (`None`: unbounded): a row group that a layer split cuts is read by both sides,
+    /// each keeping its own layers.
+    from: Option<Key>,
+    to: Option<Key>,
 }
 
-/// Cut `units` into at most `n` contiguous runs of about equal row counts: whole files
-/// per partition when that is balanced (no partition over 1.25x its share; then each
-/// model lives in one partition: `true`), else row groups (`false`).
-fn split(units: Vec<Unit>, n: usize) -> (Vec<Vec<Unit>>, bool) {
+impl Unit {
+    /// Whether every row of the row group is read.
+    fn whole(&self) -> bool {
+        self.from.is_none() && self.to.is_none()
+    }
+
+    /// The keys of the first and last rows, from the statistics.
+    fn key_range(&self) -> Option<(Key, Key)> {
+        let (lo, hi) = self.layers?;
+        Some(((self.file.model_id, lo), (self.file.model_id, hi)))
+    }
+}
+
+/// How the scan's partitions divide the rows, which decides the partitioning declared.
+#[derive(Debug, Clone)]
+enum Layout {
+    /// Each model in one partition: range partitioning on `model_id`.
+    ByModel,
+    /// Each layer in one partition; partition `p > 0` starts at key `starts[p - 1]`:
+    /// range partitioning on `(model_id, layer_idx)`.
+    ByLayer(Vec<Key>),
+    /// Contiguous runs of row groups: no partitioning declared.
+    Rows,
+}
+
+/// Cut `units` into at most `n` contiguous runs of about equal row counts:
+/// - whole files per partition when that is balanced (no partition over 1.05x its
+///   share): each model lives in one partition ([`Layout::ByModel`]);
+/// - else whole layers per partition, cut at the layer starts nearest the equal shares
+///   ([`Layout::ByLayer`]), when the statistics give every row group's layers and that
+///   is better balanced or gives more partitions than whole files (a store of a few
+///   large models, where whole files leave a core idle);
+/// - else whole files when within 1.25x, else row groups ([`Layout::Rows`]).
+fn split(units: Vec<Unit>, n: usize) -> (Vec<Vec<Unit>>, Layout) {
     let total: usize = units.iter().map(|u| u.rows).sum();
     let by_file = split_even(units.clone(), n, true);
-    let largest = by_file
-        .iter()
-        .map(|p| p.iter().map(|u| u.rows).sum::<usize>())
-        .max()
-        .unwrap_or(0);
-    if by_file.len() > 1 && largest * 4 <= total.div_ceil(by_file.len()) * 5 {
-        return (by_file, true);
+    let largest = |parts: &[Vec<Unit>]| {
+        parts
+            .iter()
+            .map(|p| p.iter().map(|u| u.rows).sum::<usize>())
+            .max()
+            .unwrap_or(0)
+    };
+    // within `percent` % of an equal share of `share_of` partitions
+    let within = |parts: &[Vec<Unit>], largest: usize, percent: usize, share_of: usize| {
+        parts.len() > 1 && largest * 100 <= total.div_ceil(share_of) * percent
+    };
+    // The share is of `n` even with fewer row groups than partitions: a layer split can
+    // still give every partition work, where fewer partitions would make DataFusion
+    // add a round-robin repartition (which coalesces small batches, so batches would
+    // no longer be the same for every partitioning).
+    let n = n.max(1);
+    let file_largest = largest(&by_file);
+    if within(&by_file, file_largest, 105, n) {
+        return (by_file, Layout::ByModel);
     }
-    (split_even(units, n, false), false)
+    if let Some((parts, starts, largest)) = split_by_layer(&units, n)
+        && (largest < file_largest || parts.len() > by_file.len())
+    {
+        return (parts, Layout::ByLayer(starts));
+    }
+    if within(&by_file, file_largest, 125, by_file.len()) {
+        return (by_file, Layout::ByModel);
+    }
+    (split_even(units, n, false), Layout::Rows)
+}
+
+/// Whole layers per partition: the partitions, the key each partition after the first
+/// starts at, and the largest partition's estimated rows. `None` when a row group's
+/// layers are unknown, the rows are not in key order, or there is no cut to make.
+///
+/// A layer starts either at a row group's first row (known exactly) or inside a row
+/// group; inside, its position is estimated by spreading the row group's layers evenly,
+/// which only moves a cut by less than one row group.
+fn split_by_layer(units: &[Unit], n: usize) -> Option<(Vec<Vec<Unit>>, Vec<Key>, usize)> {
+    let total: usize = units.iter().map(|u| u.rows).sum();
+    // (estimated first row, key) of every layer start after the first row
+    let mut starts: Vec<(usize, Key)> = Vec::new();
+    let mut pos = 0usize;
+    let mut prev: Option<Key> = None;
+    for u in units {
+        let ((m, lo), (_, hi)) = u.key_range()?;
+        if hi < lo || prev.is_some_and(|p| p > (m, lo)) {
+            return None;
+        }
+        if prev.is_some_and(|p| p < (m, lo)) {
+            starts.push((pos, (m, lo)));
+        }
+        let span = (hi - lo) as usize + 1;
+        for l in lo + 1..=hi {
+            starts.push((pos + u.rows * (l - lo) as usize / span, (m, l)));
+        }
+        prev = Some((m, hi));
+        pos += u.rows;
+    }
+    let mut cuts: Vec<(usize, Key)> = Vec::new();
+    for k in 1..n {
+        let target = total * k / n;
+        let best = starts
+            .iter()
+            .filter(|(_, key)| cuts.last().is_none_or(|(_, c)| key > c))
+            .min_by_key(|(p, _)| p.abs_diff(target));
+        if let Some(&c) = best {
+            cuts.push(c);
+        }
+    }
+    if cuts.is_empty() {
+        return None;
+    }
+    let keys: Vec<Key> = cuts.iter().map(|&(_, k)| k).collect();
+    let mut parts: Vec<Vec<Unit>> = vec![Vec::new(); keys.len() + 1];
+    for u in units {
+        let (first, last) = u.key_range()?;
+        for (p, part) in parts.iter_mut().enumerate() {
+            let from = p.checked_sub(1).map(|i| keys[i]);
+            let to = keys.get(p).copied();
+            if from.is_some_and(|f| last < f) || to.is_some_and(|t| first >= t) {
+                continue;
+            }
+            let from = from.filter(|&f| first < f);
+            part.push(Unit {
+                first_of_file: u.first_of_file && from.is_none(),
+                from,
+                to: to.filter(|&t| last >= t),
+                ..u.clone()
+            });
+        }
+    }
+    let mut bounds: Vec<usize> = vec![0];
+    bounds.extend(cuts.iter().map(|&(p, _)| p));
+    bounds.push(total);
+    let largest = bounds.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+    Some((parts, keys, largest))
 }
 
 /// Contiguous runs of about `total / n` rows; with `whole_files`, a run only ends where
@@ -503,31 +665,53 @@ fn split_even(units: Vec<Unit>, n: usize, whole_files: bool) -> Vec<Vec<Unit>> {
     out
 }
 
-/// The partitioning to declare: when every model lives in one partition and `model_id`
-/// is projected, range partitioning on `model_id` (split points: the first model of each
-/// partition after the first), so aggregates grouped by model or by layer run in one
+/// The partitioning to declare, so aggregates grouped by model or by layer run in one
 /// stage without repartitioning (DataFusion treats a range split as co-partitioned only
-/// with the same split, so joins stay correct); otherwise unknown.
-fn partitioning(schema: &SchemaRef, partitions: &[Vec<Unit>], by_model: bool) -> Partitioning {
+/// with the same split, so joins stay correct):
+/// - [`Layout::ByModel`] with `model_id` projected: range partitioning on `model_id`
+///   (split points: the first model of each partition after the first);
+/// - [`Layout::ByLayer`] with `model_id` and `layer_idx` projected: range partitioning
+///   on `(model_id, layer_idx)` at the partitions' start keys;
+/// - otherwise unknown.
+fn partitioning(schema: &SchemaRef, partitions: &[Vec<Unit>], layout: &Layout) -> Partitioning {
     let n = partitions.len();
-    let Ok(idx) = schema.index_of("model_id") else {
+    let key = |name: &str| -> Option<PhysicalSortExpr> {
+        let idx = schema.index_of(name).ok()?;
+        Some(PhysicalSortExpr::new(
+            Arc::new(Column::new(name, idx)),
+            SortOptions {
+                descending: false,
+                nulls_first: false,
+            },
+        ))
+    };
+    let (keys, splits): (Vec<Option<PhysicalSortExpr>>, Vec<SplitPoint>) = match layout {
+        _ if n < 2 => return Partitioning::UnknownPartitioning(n),
+        Layout::Rows => return Partitioning::UnknownPartitioning(n),
+        Layout::ByModel => (
+            vec![key("model_id")],
+            partitions[1..]
+                .iter()
+                .map(|p| SplitPoint::new(vec![ScalarValue::Int64(Some(p[0].file.model_id))]))
+                .collect(),
+        ),
+        Layout::ByLayer(starts) => (
+            vec![key("model_id"), key("layer_idx")],
+            starts
+                .iter()
+                .map(|&(m, l)| {
+                    SplitPoint::new(vec![
+                        ScalarValue::Int64(Some(m)),
+                        ScalarValue::Int32(Some(l)),
+                    ])
+                })
+                .collect(),
+        ),
+    };
+    let Some(keys) = keys.into_iter().collect::<Option<Vec<_>>>() else {
         return Partitioning::UnknownPartitioning(n);
     };
-    if !by_model || n < 2 {
-        return Partitioning::UnknownPartitioning(n);
-    }
-    let key = PhysicalSortExpr::new(
-        Arc::new(Column::new("model_id", idx)),
-        SortOptions {
-            descending: false,
-            nulls_first: false,
-        },
-    );
-    let splits: Vec<SplitPoint> = partitions[1..]
-        .iter()
-        .map(|p| SplitPoint::new(vec![ScalarValue::Int64(Some(p[0].file.model_id))]))
-        .collect();
-    match LexOrdering::new([key]).map(|o| RangePartitioning::try_new(o, splits)) {
+    match LexOrdering::new(keys).map(|o| RangePartitioning::try_new(o, splits)) {
         Some(Ok(range)) => Partitioning::Range(range),
         _ => Partitioning::UnknownPartitioning(n),
     }
@@ -566,7 +750,7 @@ pub struct FilterScanExec {
     schema: SchemaRef,
     projection: Vec<usize>,
     partitions: Vec<Vec<Unit>>,
-    by_model: bool,
+    layout: Layout,
     batch_size: usize,
     limit: Option<usize>,
     precision: WeightPrecision,
@@ -588,7 +772,7 @@ impl FilterScanExec {
         schema: SchemaRef,
         projection: Vec<usize>,
         partitions: Vec<Vec<Unit>>,
-        by_model: bool,
+        layout: Layout,
         batch_size: usize,
         limit: Option<usize>,
         precision: WeightPrecision,
@@ -597,7 +781,7 @@ impl FilterScanExec {
     ) -> FilterScanExec {
         let properties = PlanProperties::new(
             equivalence(&schema),
-            partitioning(&schema, &partitions, by_model),
+            partitioning(&schema, &partitions, &layout),
             EmissionType::Incremental,
             Boundedness::Bounded,
         );
@@ -612,7 +796,7 @@ impl FilterScanExec {
             schema,
             projection,
             partitions,
-            by_model,
+            layout,
             batch_size: batch_size.max(1),
             limit,
             precision,
@@ -633,7 +817,7 @@ impl FilterScanExec {
             Arc::clone(&self.schema),
             self.projection.clone(),
             self.partitions.clone(),
-            self.by_model,
+            self.layout.clone(),
             self.batch_size,
             self.limit,
             self.precision,
@@ -642,13 +826,31 @@ impl FilterScanExec {
         )
     }
 
-    fn rows(&self, partition: Option<usize>) -> usize {
-        let parts: &[Vec<Unit>] = match partition {
-            Some(p) => std::slice::from_ref(&self.partitions[p]),
-            None => &self.partitions,
+    /// Rows of one partition or all, and whether the count is exact. A row group cut
+    /// by a layer split is counted once in the total (in the first partition that
+    /// reads it, where it has no `from`) and as half its rows in each partition.
+    fn rows(&self, partition: Option<usize>) -> (usize, bool) {
+        let (rows, exact) = match partition {
+            Some(p) => {
+                let units = &self.partitions[p];
+                let rows = units
+                    .iter()
+                    .map(|u| if u.whole() { u.rows } else { u.rows / 2 })
+                    .sum();
+                (rows, units.iter().all(Unit::whole))
+            }
+            None => {
+                let rows = self
+                    .partitions
+                    .iter()
+                    .flatten()
+                    .filter(|u| u.from.is_none())
+                    .map(|u| u.rows)
+                    .sum();
+                (rows, true)
+            }
         };
-        let rows: usize = parts.iter().flatten().map(|u| u.rows).sum();
-        self.limit.map_or(rows, |l| rows.min(l))
+        (self.limit.map_or(rows, |l| rows.min(l)), exact)
     }
 }
 
@@ -814,9 +1016,9 @@ impl ExecutionPlan for FilterScanExec {
         _input_stats: &[Arc<Statistics>],
         args: &StatisticsArgs,
     ) -> Result<Arc<Statistics>> {
-        let rows = self.rows(args.partition());
+        let (rows, exact) = self.rows(args.partition());
         // A pushed-down filter may skip row groups at execution: then at most `rows`.
-        let rows = if self.predicate.is_some() {
+        let rows = if self.predicate.is_some() || !exact {
             Precision::Inexact(rows)
         } else {
             Precision::Exact(rows)
@@ -902,10 +1104,25 @@ impl PartitionReader {
             }
             let (_, file) = open.as_ref().expect("opened above");
             let columns = self.read_row_group(file, u)?;
-            self.row_groups.add(1);
-            let mut offset = 0;
-            while offset < u.rows && left > 0 {
-                let len = self.batch_size.min(u.rows - offset).min(left);
+            // A row group cut by a layer split is counted where its first rows are read.
+            if u.from.is_none() {
+                self.row_groups.add(1);
+            }
+            let (mut offset, end, layer_starts) = self.row_span(file, u, &columns)?;
+            let mut layer_starts = layer_starts.into_iter().peekable();
+            while offset < end && left > 0 {
+                // Batches end at multiples of the batch size inside the row group and
+                // where a layer starts.
+                let mut stop = (offset / self.batch_size + 1) * self.batch_size;
+                while let Some(&s) = layer_starts.peek() {
+                    if s <= offset {
+                        layer_starts.next();
+                    } else {
+                        stop = stop.min(s);
+                        break;
+                    }
+                }
+                let len = (stop.min(end) - offset).min(left);
                 let cols: Vec<ArrayRef> = columns.iter().map(|c| c.slice(offset, len)).collect();
                 let batch = RecordBatch::try_new_with_options(
                     Arc::clone(&self.schema),
@@ -941,31 +1158,7 @@ impl PartitionReader {
         }
         if !slow.is_empty() {
             let leaves: Vec<usize> = slow.iter().map(|&k| self.projection[k]).collect();
-            for &c in &leaves {
-                self.bytes.add(rg.column(c).compressed_size() as usize);
-            }
-            let mask = ProjectionMask::leaves(
-                u.file.meta.file_metadata().schema_descr(),
-                leaves.iter().copied(),
-            );
-            let handle = file.try_clone().map_err(|e| {
-                exec_datafusion_err!("reading filter file {}: {e}", u.file.path.display())
-            })?;
-            let mut reader = ParquetRecordBatchReaderBuilder::new_with_metadata(
-                handle,
-                u.file.arrow_meta.clone(),
-            )
-            .with_row_groups(vec![u.row_group])
-            .with_projection(mask)
-            .with_batch_size(u.rows)
-            .build()?;
-            let batch = reader.next().transpose()?.ok_or_else(|| {
-                exec_datafusion_err!(
-                    "{}: row group {} is empty",
-                    u.file.path.display(),
-                    u.row_group
-                )
-            })?;
+            let batch = self.read_leaves(file, u, &leaves)?;
             // The reader returns the leaves in file order, which is the order of `leaves`
             // sorted; map them back by name.
             for &k in &slow {
@@ -980,6 +1173,82 @@ impl PartitionReader {
             .into_iter()
             .map(|c| c.expect("every column read"))
             .collect())
+    }
+
+    /// Columns `leaves` (indices into the `filters` schema) of one row group, through
+    /// parquet-rs's Arrow reader.
+    fn read_leaves(&self, file: &File, u: &Unit, leaves: &[usize]) -> Result<RecordBatch> {
+        let rg = u.file.meta.row_group(u.row_group);
+        for &c in leaves {
+            self.bytes.add(rg.column(c).compressed_size() as usize);
+        }
+        let mask = ProjectionMask::leaves(
+            u.file.meta.file_metadata().schema_descr(),
+            leaves.iter().copied(),
+        );
+        let handle = file.try_clone().map_err(|e| {
+            exec_datafusion_err!("reading filter file {}: {e}", u.file.path.display())
+        })?;
+        let mut reader =
+            ParquetRecordBatchReaderBuilder::new_with_metadata(handle, u.file.arrow_meta.clone())
+                .with_row_groups(vec![u.row_group])
+                .with_projection(mask)
+                .with_batch_size(u.rows)
+                .build()?;
+        reader.next().transpose()?.ok_or_else(|| {
+            exec_datafusion_err!(
+                "{}: row group {} is empty",
+                u.file.path.display(),
+                u.row_group
+            )
+        })
+    }
+
+    /// The rows `start..end` of the row group that belong to this partition, and the
+    /// rows inside it where a layer starts (batches end there).
+    ///
+    /// The rows are all of them, or for a row group a layer split cuts, those whose
+    /// `(model_id, layer_idx)` lies in the unit's `[from, to)` (rows are in layer
+    /// order). A row group whose statistics show more than one layer has its
+    /// `layer_idx` column read (when it is not projected) to find where layers start:
+    /// batches never span a layer, so a cut at a layer start never splits a batch and
+    /// every partitioning forms the same batches (the aggregates' float sums are exact
+    /// across batches, not inside one).
+    fn row_span(
+        &self,
+        file: &File,
+        u: &Unit,
+        columns: &[ArrayRef],
+    ) -> Result<(usize, usize, Vec<usize>)> {
+        let several = u.layers.is_some_and(|(lo, hi)| lo < hi);
+        if u.whole() && !several {
+            return Ok((0, u.rows, Vec::new()));
+        }
+        let layers = match self.projection.iter().position(|&c| c == LAYER_COLUMN) {
+            Some(k) => Arc::clone(&columns[k]),
+            None => Arc::clone(self.read_leaves(file, u, &[LAYER_COLUMN])?.column(0)),
+        };
+        let Some(layers) = layers.as_primitive_opt::<Int32Type>() else {
+            return Err(exec_datafusion_err!(
+                "{}: layer_idx is {}, expected Int32",
+                u.file.path.display(),
+                layers.data_type()
+            ));
+        };
+        let values = layers.values();
+        let m = u.file.model_id;
+        let bound = |key: Option<Key>, unbounded: usize| match key {
+            None => unbounded,
+            Some((km, _)) if m < km => u.rows,
+            Some((km, _)) if m > km => 0,
+            Some((_, kl)) => values.partition_point(|&l| l < kl),
+        };
+        let (start, end) = (bound(u.from, 0), bound(u.to, u.rows));
+        let end = end.max(start);
+        let starts = (start + 1..end)
+            .filter(|&r| values[r] != values[r - 1])
+            .collect();
+        Ok((start, end, starts))
     }
 
     /// A weight column chunk written as filterdb writes it (uncompressed PLAIN data pages
@@ -1106,9 +1375,14 @@ mod tests {
     /// A session with `filter_columns` over the test files and a `models` table
     /// (`model_id`, `name`, `task`).
     fn session(dir: &Path, dynamic_filters: bool) -> SessionContext {
+        session_with(dir, dynamic_filters, 2)
+    }
+
+    /// [`session`] with `partitions` target partitions.
+    fn session_with(dir: &Path, dynamic_filters: bool, partitions: usize) -> SessionContext {
         let files = (0..MODELS).map(|m| write_model(dir, m)).collect();
         let ctx = new_session(&SessionOptions {
-            target_partitions: Some(2),
+            target_partitions: Some(partitions),
             ..Default::default()
         })
         .unwrap();
@@ -1291,5 +1565,107 @@ mod tests {
         );
         assert!(plan.contains("row_groups_pruned_dynamic=6"), "{plan}");
         assert!(plan.contains("row_groups_scanned=3"), "{plan}");
+    }
+
+    /// Three equal models do not share out evenly to 2, 4, 5 or 6 partitions by whole
+    /// files, so the scan cuts at layer starts, some inside a row group (4 partitions:
+    /// layer 3 of model 0 starts at row 750, in the row group of rows 700..799). Every
+    /// row is read by exactly one partition, the grouped aggregate needs no repartition
+    /// (the scan declares range partitioning on `(model_id, layer_idx)`), and the
+    /// answer is that of one partition.
+    #[tokio::test]
+    async fn layer_splits_read_each_row_once() {
+        let sql = "SELECT model_id, layer_idx, count(*) AS n, sum(filter_id) AS ids, \
+                   sum(CAST(w4 AS DOUBLE)) AS w, min(out_channel) AS o FROM filter_columns \
+                   GROUP BY model_id, layer_idx ORDER BY model_id, layer_idx";
+        let dir = tempfile::tempdir().unwrap();
+        let (one, _) = run(&session_with(dir.path(), true, 1), sql).await;
+        assert_eq!(
+            one.lines().count(),
+            4 + (MODELS * LAYERS as i64) as usize,
+            "{one}"
+        );
+        let rows = MODELS as usize * (LAYERS * FILTERS_PER_LAYER) as usize;
+        for partitions in 2..=6 {
+            let ctx = session_with(dir.path(), true, partitions);
+            let (answer, metrics) = run(&ctx, sql).await;
+            assert_eq!(answer, one, "{partitions} partitions");
+            assert_eq!(metrics["output_rows"], rows, "{partitions} partitions");
+            let (plan, _) = run(&ctx, &format!("EXPLAIN {sql}")).await;
+            assert!(
+                !plan.contains("RepartitionExec"),
+                "{partitions} partitions: {plan}"
+            );
+            assert!(
+                plan.contains(&format!("partitions={partitions}")),
+                "{partitions} partitions: {plan}"
+            );
+        }
+        // A row group cut by a layer split is read by both sides, counted once.
+        let (_, metrics) = run(&session_with(dir.path(), true, 4), sql).await;
+        assert_eq!(
+            metrics["row_groups_scanned"],
+            MODELS as usize * GROUPS_PER_FILE
+        );
+    }
+
+    /// The cuts of a layer split: at layer starts nearest the equal shares, estimated
+    /// inside a row group by spreading its layers evenly.
+    #[test]
+    fn layer_split_cuts_at_layer_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let units: Vec<Unit> = (0..MODELS)
+            .flat_map(|m| {
+                let (path, model_id, _) = write_model(dir.path(), m);
+                let f = File::open(&path).unwrap();
+                let meta = Arc::new(ParquetMetaDataReader::new().parse_and_finish(&f).unwrap());
+                let arrow_meta =
+                    ArrowReaderMetadata::try_new(Arc::clone(&meta), ArrowReaderOptions::new())
+                        .unwrap();
+                let file = Arc::new(OpenFile {
+                    path,
+                    model_id,
+                    meta,
+                    arrow_meta,
+                });
+                let groups: Vec<usize> = (0..GROUPS_PER_FILE).collect();
+                let layers = RowGroupStats::new(&file, &groups).layer_ranges().unwrap();
+                groups
+                    .into_iter()
+                    .map(|rg| Unit {
+                        file: Arc::clone(&file),
+                        row_group: rg,
+                        rows: GROUP,
+                        first_of_file: rg == 0,
+                        layers: layers[rg],
+                        from: None,
+                        to: None,
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let (parts, layout) = split(units.clone(), 3);
+        assert!(matches!(layout, Layout::ByModel), "{layout:?}");
+        assert_eq!(parts.len(), 3);
+        let (parts, layout) = split(units.clone(), 4);
+        let Layout::ByLayer(starts) = layout else {
+            panic!("{layout:?}")
+        };
+        // shares of 750 rows: layer 3 of model 0, layer 2 of model 1, layer 1 of model 2
+        assert_eq!(starts, vec![(0, 3), (1, 2), (2, 1)]);
+        // Cut row groups: (model, row group, from, to). Rows 700..799 of model 0 hold
+        // layers 2 and 3; rows 200..299 of model 2 layers 0 and 1. Model 1's layer 2
+        // starts a row group (row 500), so that cut reads no row group twice.
+        let cut = |p: usize| -> Vec<(i64, usize, Option<Key>, Option<Key>)> {
+            parts[p]
+                .iter()
+                .filter(|u| !u.whole())
+                .map(|u| (u.file.model_id, u.row_group, u.from, u.to))
+                .collect()
+        };
+        assert_eq!(cut(0), vec![(0, 7, None, Some((0, 3)))]);
+        assert_eq!(cut(1), vec![(0, 7, Some((0, 3)), None)]);
+        assert_eq!(cut(2), vec![(2, 2, None, Some((2, 1)))]);
+        assert_eq!(cut(3), vec![(2, 2, Some((2, 1)), None)]);
     }
 }

@@ -4,6 +4,7 @@
 //! `coef_histogram` values.
 
 use std::borrow::Cow;
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -190,6 +191,83 @@ pub fn fsl_f64(n: i32, values: Vec<f64>, nulls: Option<NullBuffer>) -> Result<Fi
         Arc::new(Float64Array::new(ScalarBuffer::from(values), None)),
         nulls,
     )?)
+}
+
+/// Rows per chunk of [`for_each_widened`]: 256 filters, 9 KiB of f32, stay in L1.
+pub const WIDEN_CHUNK: usize = 256;
+
+/// The flat float16 values of the rows of a `FixedSizeList<Float16, 9>` array (`None`
+/// for any other array), for kernels that widen them a chunk at a time.
+pub fn f16_rows(array: &dyn Array) -> Option<&[half::f16]> {
+    let list = array.as_fixed_size_list_opt()?;
+    if list.value_length() != 9 || list.values().data_type() != &DataType::Float16 {
+        return None;
+    }
+    let values = list.values().as_primitive::<Float16Type>().values();
+    let start = if list.is_empty() {
+        0
+    } else {
+        list.value_offset(0) as usize
+    };
+    values.get(start..start + 9 * list.len())
+}
+
+/// Calls `f(first_row, rows)` on consecutive chunks of [`WIDEN_CHUNK`] rows of `src`
+/// (flat, 9 values per row) widened to f32 in a small buffer: the widening and whatever
+/// `f` does next happen while the chunk is in L1, instead of a batch-sized f32 copy
+/// being allocated, written and read back.
+pub fn for_each_widened(src: &[half::f16], mut f: impl FnMut(usize, &[f32])) {
+    let mut buf = [0f32; WIDEN_CHUNK * 9];
+    for (k, c) in src.chunks(WIDEN_CHUNK * 9).enumerate() {
+        let b = &mut buf[..c.len()];
+        c.convert_to_f32_slice(b);
+        f(k * WIDEN_CHUNK, b);
+    }
+}
+
+/// Filter rows, flat (9 values per filter), for [`Basis::project_into`].
+#[derive(Debug, Clone, Copy)]
+pub enum Src<'a> {
+    F16(&'a [half::f16]),
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+}
+
+impl<'a> Src<'a> {
+    /// The rows of `filters` (float16 input has been widened to f32 by [`Filters`]; use
+    /// [`f16_rows`] to avoid that).
+    pub fn of(filters: &'a Filters<'a>) -> Src<'a> {
+        match filters.flat() {
+            Flat::F32(r) => Src::F32(r),
+            Flat::F64(r) => Src::F64(r),
+        }
+    }
+
+    /// Number of values (9 per filter).
+    pub fn values(&self) -> usize {
+        match self {
+            Src::F16(r) => r.len(),
+            Src::F32(r) => r.len(),
+            Src::F64(r) => r.len(),
+        }
+    }
+
+    /// Filters `rows`.
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> Src<'a> {
+        let r = 9 * rows.start..9 * rows.end;
+        match self {
+            Src::F16(x) => Src::F16(&x[r]),
+            Src::F32(x) => Src::F32(&x[r]),
+            Src::F64(x) => Src::F64(&x[r]),
+        }
+    }
+}
+
+/// An initialised slice as a slice of `MaybeUninit`, for a kernel that overwrites it.
+fn as_uninit(s: &mut [f32]) -> &mut [std::mem::MaybeUninit<f32>] {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and the kernels only write
+    // initialised values into it.
+    unsafe { &mut *(s as *mut [f32] as *mut [std::mem::MaybeUninit<f32>]) }
 }
 
 /// The maximal runs of equal group indices, in order: `(group, rows)`. A batch without
@@ -597,6 +675,44 @@ impl Basis {
             crate::simd::filled_vec(rows.len(), |o| {
                 crate::simd::project_f32(&self.mean, &ct, rows, o)
             })
+        }
+    }
+
+    /// The coefficients of the filters `src` written into `out` (9 per filter), the
+    /// filters peak-scaled first when `scale`: bit-equal to [`Basis::project_f32`] (or
+    /// [`Basis::project_f64`]) of `src`, or of `peak_scale`'s f32 output. float16 rows are
+    /// widened, scaled and projected a chunk at a time while the chunk is in L1, so
+    /// neither the widened nor the scaled filters become a batch-sized buffer.
+    ///
+    /// # Panics
+    /// If `scale` is asked of f64 rows (scale them with `peak_scale` first, whose f32
+    /// output is what is projected), or `out` is not 9 values per filter.
+    pub fn project_into(&self, src: Src<'_>, scale: bool, out: &mut [MaybeUninit<f64>]) {
+        assert_eq!(out.len(), src.values());
+        let ct = self.components_t();
+        let mut buf = [0f32; WIDEN_CHUNK * 9];
+        let mut chunk = |first: usize, x: &[f32], out: &mut [MaybeUninit<f64>]| {
+            let out = &mut out[9 * first..9 * first + x.len()];
+            if scale {
+                let s = &mut buf[..x.len()];
+                crate::simd::peak_scale_f32(x, as_uninit(s));
+                crate::simd::project_f32(&self.mean, &ct, s, out);
+            } else {
+                crate::simd::project_f32(&self.mean, &ct, x, out);
+            }
+        };
+        match src {
+            Src::F16(rows) => for_each_widened(rows, |first, x| chunk(first, x, out)),
+            Src::F32(rows) if scale => {
+                for (k, x) in rows.chunks(WIDEN_CHUNK * 9).enumerate() {
+                    chunk(k * WIDEN_CHUNK, x, out);
+                }
+            }
+            Src::F32(rows) => crate::simd::project_f32(&self.mean, &ct, rows, out),
+            Src::F64(rows) => {
+                assert!(!scale, "project_into: peak-scale f64 rows first");
+                crate::simd::project_portable(&self.mean, &ct, rows, out);
+            }
         }
     }
 

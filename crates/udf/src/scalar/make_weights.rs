@@ -6,6 +6,7 @@
 //! Float32 / Float64; the list's element type is that type. A NULL in any argument gives
 //! a NULL filter.
 
+use std::mem::{MaybeUninit, size_of};
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray, PrimitiveArray};
@@ -36,18 +37,29 @@ pub fn make_weights_kernel<T: ArrowPrimitiveType>(
         return exec_err!("make_weights: the nine columns differ in length");
     }
     let s: [&[T::Native]; 9] = std::array::from_fn(|k| &cols[k].values()[..n]);
-    // A fixed-size array of equally long slices: the loop has no bounds checks or
-    // capacity checks and writes each 9-value row in place, into memory that is not
-    // zero-filled first.
-    // SAFETY: the loop writes all 9 values of each of the n rows.
-    let values = unsafe {
-        crate::simd::filled_vec(n * 9, |values| {
-            for (i, out) in values.chunks_exact_mut(9).enumerate() {
-                for (o, col) in out.iter_mut().zip(&s) {
-                    o.write(col[i]);
+    let values = if size_of::<T::Native>() == 2 && cfg!(target_endian = "little") {
+        // SAFETY: a 2-byte native type (f16, i16, u16) is plain bits, as u16.
+        let s16: [&[u16]; 9] = s.map(|c| unsafe { c.align_to::<u16>().1 });
+        // SAFETY: `interleave_u16` writes all 18 bytes of each of the n rows.
+        unsafe {
+            crate::simd::filled_vec(n * 9, |values: &mut [MaybeUninit<T::Native>]| {
+                interleave_u16(&s16, values.as_mut_ptr().cast::<u8>(), n)
+            })
+        }
+    } else {
+        // A fixed-size array of equally long slices: the loop has no bounds checks or
+        // capacity checks and writes each 9-value row in place, into memory that is not
+        // zero-filled first.
+        // SAFETY: the loop writes all 9 values of each of the n rows.
+        unsafe {
+            crate::simd::filled_vec(n * 9, |values| {
+                for (i, out) in values.chunks_exact_mut(9).enumerate() {
+                    for (o, col) in out.iter_mut().zip(&s) {
+                        o.write(col[i]);
+                    }
                 }
-            }
-        })
+            })
+        }
     };
     let nulls = cols.iter().fold(None::<NullBuffer>, |acc, c| {
         NullBuffer::union(acc.as_ref(), c.nulls())
@@ -59,6 +71,35 @@ pub fn make_weights_kernel<T: ArrowPrimitiveType>(
         Arc::new(child),
         nulls,
     )?)
+}
+
+/// Interleave nine columns of 2-byte values into `n` rows of 18 bytes at `out`: each
+/// row is packed into two u64 and one u16 in registers and written with 3 stores
+/// instead of 9 (the stores bounded the value-by-value loop: criterion 416M filters/s
+/// against 321M/s).
+///
+/// Little-endian only: value 0 lands in the low bits of the first u64, so first in memory.
+///
+/// # Safety
+/// `out` must be valid for `18 n` bytes of writes; every column holds `n` values.
+unsafe fn interleave_u16(cols: &[&[u16]; 9], out: *mut u8, n: usize) {
+    let cols: [&[u16]; 9] = std::array::from_fn(|k| &cols[k][..n]);
+    #[expect(
+        clippy::needless_range_loop,
+        reason = "row i of nine columns: one index into each"
+    )]
+    for i in 0..n {
+        let v: [u64; 9] = std::array::from_fn(|k| u64::from(cols[k][i]));
+        let lo = v[0] | v[1] << 16 | v[2] << 32 | v[3] << 48;
+        let hi = v[4] | v[5] << 16 | v[6] << 32 | v[7] << 48;
+        // SAFETY: row i is bytes 18 i .. 18 i + 18 of `out` (the caller's bound).
+        unsafe {
+            let row = out.add(18 * i);
+            row.cast::<u64>().write_unaligned(lo);
+            row.add(8).cast::<u64>().write_unaligned(hi);
+            row.add(16).cast::<u16>().write_unaligned(cols[8][i]);
+        }
+    }
 }
 
 /// The `make_weights` SQL function.
@@ -184,6 +225,33 @@ mod tests {
                 let v = out.value(i);
                 let v = v.as_primitive::<Float32Type>();
                 prop_assert_eq!(v.values().as_ref(), &make_weights_ref(*r)[..]);
+            }
+        }
+    }
+
+    proptest! {
+        /// The packed 2-byte path (float16) on columns that are slices at odd offsets.
+        #[test]
+        fn f16_kernel_matches_reference(
+            bits in proptest::collection::vec(proptest::array::uniform9(any::<u16>()), 0..300),
+            skip in 0usize..3,
+        ) {
+            use arrow::array::Float16Array;
+            let cols: Vec<Float16Array> = (0..9)
+                .map(|j| {
+                    let vals: Vec<half::f16> = std::iter::repeat_n(half::f16::ONE, skip)
+                        .chain(bits.iter().map(|r| half::f16::from_bits(r[j])))
+                        .collect();
+                    Float16Array::from(vals).slice(skip, bits.len())
+                })
+                .collect();
+            let refs: Vec<&Float16Array> = cols.iter().collect();
+            let out = make_weights_kernel::<Float16Type>(&refs).unwrap();
+            prop_assert_eq!(out.len(), bits.len());
+            for (i, r) in bits.iter().enumerate() {
+                let v = out.value(i);
+                let got: Vec<u16> = v.as_primitive::<Float16Type>().values().iter().map(|x| x.to_bits()).collect();
+                prop_assert_eq!(&got[..], &r[..]);
             }
         }
     }

@@ -1,4 +1,5 @@
-//! `pca_project(weights, basis)`: the 9 PCA coefficients of a filter, `c = (x - mean) . V^T`.
+//! `pca_project(weights, basis [, peak_scale])`: the 9 PCA coefficients of a filter,
+//! `c = (x - mean) . V^T`.
 //!
 //! MISSION.md section 3, "PCA projection": `basis` is the struct `pca_fit` returns
 //! ([`Basis`]: `n`, `mean`, `components` (rows, by explained variance descending),
@@ -8,7 +9,15 @@
 //! then read once; a basis column (e.g. after a join) is read row by row. A struct with
 //! the same five field names (e.g. a `named_struct` literal) is cast to the basis type.
 //! NULL weights or a NULL basis give NULL. Like scikit-learn's `PCA.transform`.
+//!
+//! `pca_project(weights, basis, true)` peak-scales each filter first. The planner
+//! rewrites `pca_project(peak_scale(w), basis)` to it ([`ScalarUDFImpl::simplify`]), so
+//! the KL pipeline's passes widen, scale and project float16 filters a chunk at a time
+//! while the chunk is in L1 ([`Basis::project_into`]) instead of materialising the
+//! widened and the scaled batch; the bits are those of the two steps.
 
+use std::mem::MaybeUninit;
+use std::ops::Range;
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray, StructArray};
@@ -16,12 +25,14 @@ use arrow::buffer::NullBuffer;
 use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::{DataType, Fields, Float64Type, Int64Type};
 use datafusion::common::{Result, ScalarValue, exec_datafusion_err, exec_err, plan_err};
+use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
 use datafusion::logical_expr::{
-    ColumnarValue, DocSection, Documentation, DocumentationBuilder, ScalarFunctionArgs, ScalarUDF,
-    ScalarUDFImpl, Signature, Volatility,
+    ColumnarValue, DocSection, Documentation, DocumentationBuilder, Expr, ScalarFunctionArgs,
+    ScalarUDF, ScalarUDFImpl, Signature, Volatility, lit,
 };
 
-use crate::common::{Basis, Filters, Flat, coerce_weights, fsl_f64, fsl_f64_type};
+use crate::common::{Basis, Filters, Flat, Src, coerce_weights, f16_rows, fsl_f64, fsl_f64_type};
+use crate::scalar::peak_scale::peak_scale_kernel;
 
 /// Scalar reference: a naive matrix-vector product, `c_k = sum_j (x_j - mean_j) V_kj`.
 pub fn pca_project_ref(x: &[f64; 9], mean: &[f64; 9], components: &[[f64; 9]; 9]) -> [f64; 9] {
@@ -49,48 +60,107 @@ pub fn pca_project_kernel(f: &Filters<'_>, basis: &Basis) -> Result<FixedSizeLis
     fsl_f64(9, values, f.nulls().cloned())
 }
 
-/// Kernel for a basis column: row `i` is projected on basis `i`; NULL if either is NULL.
+/// The kernel behind the SQL function: the filters of `weights` (peak-scaled first
+/// when `scale`) projected on one basis (`Scalar`) or row `i` on basis `i` (a basis
+/// column); NULL where the filter or its basis is NULL. Each run of rows sharing a basis
+/// (a basis column usually holds one, from a join with the fitted basis) is decoded once
+/// and projected straight into the output ([`Basis::project_into`]); float16 filters are
+/// widened a chunk at a time, never whole.
 ///
 /// # Errors
-/// An execution error if `bases` is not a basis array of the same length.
-pub fn pca_project_rows_kernel(f: &Filters<'_>, bases: &dyn Array) -> Result<FixedSizeListArray> {
-    if bases.len() != f.len() {
-        return exec_err!("pca_project: {} filters but {} bases", f.len(), bases.len());
-    }
-    let mut values = vec![0f64; f.len() * 9];
-    let mut valid = vec![false; f.len()];
-    // Rows of a basis column usually share one basis (a CROSS JOIN with the fitted
-    // basis): each run of equal bases is decoded once and projected by the batch kernel.
-    let rows = BasisRows::try_new(bases)?;
-    let flat = f.flat();
-    let mut i = 0;
-    while i < f.len() {
-        let Some(b) = rows.get(i)? else {
-            i += 1;
-            continue;
-        };
-        let mut end = i + 1;
-        while end < f.len() && rows.same(i, end) {
-            end += 1;
-        }
-        let out = match flat {
-            Flat::F32(x) => b.project_f32(&x[9 * i..9 * end]),
-            Flat::F64(x) => b.project_f64(&x[9 * i..9 * end]),
-        };
-        values[9 * i..9 * end].copy_from_slice(&out);
-        valid[i..end].fill(true);
-        i = end;
-    }
-    if let Some(nulls) = f.nulls() {
-        for (k, v) in nulls.iter().enumerate() {
-            if !v {
-                valid[k] = false;
-                values[9 * k..9 * k + 9].fill(0.0);
+/// An execution error if `weights` is not a list of 9 floats or `bases` is not a basis
+/// array of the same length.
+pub fn pca_project_batch(
+    weights: &dyn Array,
+    bases: &ColumnarValue,
+    scale: bool,
+) -> Result<FixedSizeListArray> {
+    let n = weights.len();
+    // float64 filters are scaled by peak_scale's kernel first: its f32 output is what
+    // the two-step form projects.
+    let prescaled = match (scale, f16_rows(weights)) {
+        (true, None) => {
+            let f = Filters::try_new("pca_project", weights)?;
+            match f.flat() {
+                Flat::F64(_) => Some(peak_scale_kernel(&f)?),
+                Flat::F32(_) => None,
             }
         }
+        _ => None,
+    };
+    let (weights, scale) = match &prescaled {
+        Some(p) => (p as &dyn Array, false),
+        None => (weights, scale),
+    };
+    let filters = match f16_rows(weights) {
+        Some(_) => None,
+        None => Some(Filters::try_new("pca_project", weights)?),
+    };
+    let src = match (&filters, f16_rows(weights)) {
+        (Some(f), _) => Src::of(f),
+        (None, Some(r)) => Src::F16(r),
+        (None, None) => unreachable!("float16 rows were found above"),
+    };
+    // (rows, basis) runs
+    let runs: Vec<(Range<usize>, Option<Basis>)> = match bases {
+        ColumnarValue::Scalar(ScalarValue::Null) => vec![(0..n, None)],
+        ColumnarValue::Scalar(s) => {
+            let b = conform_struct(
+                "pca_project",
+                "a PCA basis",
+                &s.to_array()?,
+                &Basis::fields(),
+            )?;
+            vec![(0..n, Basis::from_array(b.as_ref(), 0)?)]
+        }
+        ColumnarValue::Array(bases) => {
+            let b = conform_struct("pca_project", "a PCA basis", bases, &Basis::fields())?;
+            if b.len() != n {
+                return exec_err!("pca_project: {n} filters but {} bases", b.len());
+            }
+            let rows = BasisRows::try_new(b.as_ref())?;
+            let mut runs = Vec::new();
+            let mut i = 0;
+            while i < n {
+                let mut end = i + 1;
+                while end < n && rows.same(i, end) {
+                    end += 1;
+                }
+                runs.push((i..end, rows.get(i)?));
+                i = end;
+            }
+            runs
+        }
+    };
+    let fill = |o: &mut [MaybeUninit<f64>]| {
+        for (r, b) in &runs {
+            let out = &mut o[9 * r.start..9 * r.end];
+            match b {
+                Some(b) => b.project_into(src.rows(r.clone()), scale, out),
+                None => {
+                    for v in out {
+                        v.write(0.0);
+                    }
+                }
+            }
+        }
+    };
+    // SAFETY: the runs cover every row, and each writes all 9 values of its rows.
+    let mut values = unsafe { crate::simd::filled_vec(9 * n, fill) };
+    let mut valid: Option<Vec<bool>> = None;
+    for (r, b) in &runs {
+        if b.is_none() {
+            valid.get_or_insert_with(|| vec![true; n])[r.clone()].fill(false);
+        }
     }
-    let nulls = NullBuffer::from(valid);
-    let nulls = (nulls.null_count() > 0).then_some(nulls);
+    if let Some(nulls) = weights.nulls() {
+        let v = valid.get_or_insert_with(|| vec![true; n]);
+        for i in (0..n).filter(|&i| nulls.is_null(i)) {
+            v[i] = false;
+            values[9 * i..9 * i + 9].fill(0.0);
+        }
+    }
+    let nulls = valid.map(NullBuffer::from).filter(|v| v.null_count() > 0);
     fsl_f64(9, values, nulls)
 }
 
@@ -246,13 +316,19 @@ static DOC: LazyLock<Documentation> = LazyLock::new(|| {
          coefficients in order of explained variance (Float64). `basis` is the struct `pca_fit` \
          returns, usually from a scalar subquery; a struct with the same five field names is \
          cast to it. NULL weights or a NULL basis give NULL.",
-        "pca_project(weights, basis)",
+        "pca_project(weights, basis [, peak_scale])",
     )
     .with_argument(
         "weights",
         "A filter: FixedSizeList<Float16|Float32|Float64, 9> (row-major (kh, kw)); other lists \
          of 9 numbers are cast to Float64. Project the same kind of filters the basis was fitted \
          on (usually `peak_scale(weights)`).",
+    )
+    .with_argument(
+        "peak_scale",
+        "Optional constant Boolean, default false: when true each filter is peak-scaled \
+         first, exactly as `pca_project(peak_scale(weights), basis)`, which the planner \
+         rewrites to this form so the scaled filters are never materialised.",
     )
     .with_argument(
         "basis",
@@ -286,13 +362,36 @@ impl ScalarUDFImpl for PcaProjectFunc {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        let [w, b] = arg_types else {
-            return plan_err!(
-                "pca_project expects 2 arguments (weights, basis), got {}",
+        match arg_types {
+            [w, b] => Ok(vec![coerce_weights("pca_project", w)?, coerce_basis(b)?]),
+            [w, b, DataType::Boolean | DataType::Null] => Ok(vec![
+                coerce_weights("pca_project", w)?,
+                coerce_basis(b)?,
+                DataType::Boolean,
+            ]),
+            [_, _, other] => plan_err!("pca_project: peak_scale must be a boolean, got {other}"),
+            _ => plan_err!(
+                "pca_project expects 2 or 3 arguments (weights, basis [, peak_scale]), got {}",
                 arg_types.len()
-            );
-        };
-        Ok(vec![coerce_weights("pca_project", w)?, coerce_basis(b)?])
+            ),
+        }
+    }
+
+    /// `pca_project(peak_scale(w), basis)` becomes `pca_project(w, basis, true)`: the same
+    /// bits, computed without materialising the scaled filters.
+    fn simplify(&self, mut args: Vec<Expr>, _info: &SimplifyContext) -> Result<ExprSimplifyResult> {
+        if args.len() == 2
+            && let Expr::ScalarFunction(inner) = &args[0]
+            && inner.func.name() == "peak_scale"
+            && inner.args.len() == 1
+        {
+            let w = inner.args[0].clone();
+            let b = args.swap_remove(1);
+            return Ok(ExprSimplifyResult::Simplified(
+                pca_project_udf().call(vec![w, b, lit(true)]),
+            ));
+        }
+        Ok(ExprSimplifyResult::Original(args))
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
@@ -300,42 +399,21 @@ impl ScalarUDFImpl for PcaProjectFunc {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let [w, b] = args.args.as_slice() else {
-            return plan_err!(
-                "pca_project expects 2 arguments (weights, basis), got {}",
-                args.args.len()
-            );
+        let (w, b, scale) = match args.args.as_slice() {
+            [w, b] => (w, b, false),
+            [w, b, ColumnarValue::Scalar(ScalarValue::Boolean(Some(s)))] => (w, b, *s),
+            [_, _, _] => {
+                return exec_err!("pca_project: peak_scale must be a constant true or false");
+            }
+            other => {
+                return plan_err!(
+                    "pca_project expects 2 or 3 arguments (weights, basis [, peak_scale]), got {}",
+                    other.len()
+                );
+            }
         };
         let a = w.to_array(args.number_rows)?;
-        let f = Filters::try_new("pca_project", a.as_ref())?;
-        let out = match b {
-            ColumnarValue::Scalar(s) => {
-                let one = match s {
-                    ScalarValue::Null => None,
-                    s => {
-                        let b = conform_struct(
-                            "pca_project",
-                            "a PCA basis",
-                            &s.to_array()?,
-                            &Basis::fields(),
-                        )?;
-                        Basis::from_array(b.as_ref(), 0)?
-                    }
-                };
-                match one {
-                    Some(basis) => pca_project_kernel(&f, &basis)?,
-                    None => fsl_f64(
-                        9,
-                        vec![0.0; f.len() * 9],
-                        Some(NullBuffer::new_null(f.len())),
-                    )?,
-                }
-            }
-            ColumnarValue::Array(bases) => {
-                let b = conform_struct("pca_project", "a PCA basis", bases, &Basis::fields())?;
-                pca_project_rows_kernel(&f, b.as_ref())?
-            }
-        };
+        let out = pca_project_batch(a.as_ref(), b, scale)?;
         Ok(ColumnarValue::Array(Arc::new(out)))
     }
 
@@ -564,6 +642,74 @@ mod tests {
                 for (g, w) in row(&out, i).iter().zip(&want) {
                     prop_assert!((g - w).abs() <= 1e-9 * w.abs().max(1.0));
                 }
+            }
+        }
+    }
+
+    /// float16 filters (rows of random f16 bit patterns, some NaN or infinite), with
+    /// NULL rows, as a slice of a longer list: the fused `pca_project(w, b, true)`.
+    fn f16_filters(bits: &[[u16; 9]], nulls: &[bool]) -> FixedSizeListArray {
+        use arrow::array::Float16Array;
+        let mut vals: Vec<half::f16> = vec![half::f16::from_f32(0.5); 9];
+        vals.extend(bits.iter().flatten().map(|&b| half::f16::from_bits(b)));
+        let mut valid = vec![true];
+        valid.extend(nulls.iter().map(|n| !n));
+        FixedSizeListArray::try_new(
+            Arc::new(Field::new_list_field(DataType::Float16, true)),
+            9,
+            Arc::new(Float16Array::from(vals)),
+            Some(NullBuffer::from(valid)),
+        )
+        .unwrap()
+        .slice(1, bits.len())
+    }
+
+    fn invoke_scaled(w: &FixedSizeListArray, b: &Basis) -> FixedSizeListArray {
+        let args = ScalarFunctionArgs {
+            arg_fields: vec![
+                Arc::new(Field::new("w", w.data_type().clone(), true)),
+                Arc::new(Field::new("b", Basis::data_type(), true)),
+                Arc::new(Field::new("s", DataType::Boolean, false)),
+            ],
+            args: vec![
+                ColumnarValue::Array(Arc::new(w.clone())),
+                ColumnarValue::Scalar(
+                    ScalarValue::try_from_array(&Basis::to_array(&[Some(b.clone())]).unwrap(), 0)
+                        .unwrap(),
+                ),
+                ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))),
+            ],
+            number_rows: w.len(),
+            return_field: Arc::new(Field::new("r", fsl_f64_type(9), true)),
+            config_options: Arc::new(ConfigOptions::default()),
+        };
+        let out = PcaProjectFunc::default().invoke_with_args(args).unwrap();
+        let ColumnarValue::Array(a) = out else {
+            panic!("expected an array")
+        };
+        a.as_fixed_size_list().clone()
+    }
+
+    proptest! {
+        /// The fused form gives the bits of `pca_project(peak_scale(w), b)`, across
+        /// chunk boundaries, for NULL, NaN and infinite filters.
+        #[test]
+        fn fused_peak_scale_matches_the_two_steps(
+            bits in proptest::collection::vec(proptest::array::uniform9(any::<u16>()), 0..700),
+            nulls in proptest::collection::vec(any::<bool>(), 700),
+        ) {
+            let w = f16_filters(&bits, &nulls[..bits.len()]);
+            let b = reversed_basis();
+            let fused = invoke_scaled(&w, &b);
+            let f = Filters::try_new("t", &w).unwrap();
+            let scaled = peak_scale_kernel(&f).unwrap();
+            let two = pca_project_kernel(&Filters::try_new("t", &scaled).unwrap(), &b).unwrap();
+            let nulls = |a: &FixedSizeListArray| (0..a.len()).map(|i| a.is_null(i)).collect::<Vec<_>>();
+            prop_assert_eq!(nulls(&fused), nulls(&two));
+            let (x, y) = (fused.values().as_primitive::<Float64Type>(), two.values().as_primitive::<Float64Type>());
+            prop_assert_eq!(x.len(), y.len());
+            for (a, c) in x.values().iter().zip(y.values()) {
+                prop_assert!(a.to_bits() == c.to_bits() || (a.is_nan() && c.is_nan()), "{a} vs {c}");
             }
         }
     }
