@@ -665,6 +665,18 @@ fn split_even(units: Vec<Unit>, n: usize, whole_files: bool) -> Vec<Vec<Unit>> {
     out
 }
 
+/// Column `name` of `schema`, ascending (nulls last), if the schema has it.
+fn ascending(schema: &SchemaRef, name: &str) -> Option<PhysicalSortExpr> {
+    let idx = schema.index_of(name).ok()?;
+    Some(PhysicalSortExpr::new(
+        Arc::new(Column::new(name, idx)),
+        SortOptions {
+            descending: false,
+            nulls_first: false,
+        },
+    ))
+}
+
 /// The partitioning to declare, so aggregates grouped by model or by layer run in one
 /// stage without repartitioning (DataFusion treats a range split as co-partitioned only
 /// with the same split, so joins stay correct):
@@ -675,16 +687,7 @@ fn split_even(units: Vec<Unit>, n: usize, whole_files: bool) -> Vec<Vec<Unit>> {
 /// - otherwise unknown.
 fn partitioning(schema: &SchemaRef, partitions: &[Vec<Unit>], layout: &Layout) -> Partitioning {
     let n = partitions.len();
-    let key = |name: &str| -> Option<PhysicalSortExpr> {
-        let idx = schema.index_of(name).ok()?;
-        Some(PhysicalSortExpr::new(
-            Arc::new(Column::new(name, idx)),
-            SortOptions {
-                descending: false,
-                nulls_first: false,
-            },
-        ))
-    };
+    let key = |name: &str| ascending(schema, name);
     let (keys, splits): (Vec<Option<PhysicalSortExpr>>, Vec<SplitPoint>) = match layout {
         _ if n < 2 => return Partitioning::UnknownPartitioning(n),
         Layout::Rows => return Partitioning::UnknownPartitioning(n),
@@ -723,16 +726,7 @@ fn partitioning(schema: &SchemaRef, partitions: &[Vec<Unit>], layout: &Layout) -
 /// `(model_id, layer_idx, out_channel, in_channel)` and for `filter_id`, so an aggregate
 /// grouped by layer runs in sorted (streaming) mode and emits each layer when it ends.
 fn equivalence(schema: &SchemaRef) -> EquivalenceProperties {
-    let key = |name: &str| -> Option<PhysicalSortExpr> {
-        let idx = schema.index_of(name).ok()?;
-        Some(PhysicalSortExpr::new(
-            Arc::new(Column::new(name, idx)),
-            SortOptions {
-                descending: false,
-                nulls_first: false,
-            },
-        ))
-    };
+    let key = |name: &str| ascending(schema, name);
     let prefix: Vec<PhysicalSortExpr> = ["model_id", "layer_idx", "out_channel", "in_channel"]
         .iter()
         .map_while(|n| key(n))

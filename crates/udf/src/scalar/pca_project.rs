@@ -462,12 +462,19 @@ mod tests {
     }
 
     fn invoke(w: ColumnarValue, b: ColumnarValue, rows: usize) -> FixedSizeListArray {
+        call(vec![(fsl_f64_type(9), w), (Basis::data_type(), b)], rows)
+    }
+
+    /// `pca_project` on `args` (each with its type), `rows` rows.
+    fn call(args: Vec<(DataType, ColumnarValue)>, rows: usize) -> FixedSizeListArray {
+        let (types, args): (Vec<DataType>, Vec<ColumnarValue>) = args.into_iter().unzip();
         let args = ScalarFunctionArgs {
-            arg_fields: vec![
-                Arc::new(Field::new("w", fsl_f64_type(9), true)),
-                Arc::new(Field::new("b", Basis::data_type(), true)),
-            ],
-            args: vec![w, b],
+            arg_fields: types
+                .into_iter()
+                .enumerate()
+                .map(|(i, t)| Arc::new(Field::new(format!("a{i}"), t, true)))
+                .collect(),
+            args,
             number_rows: rows,
             return_field: Arc::new(Field::new("r", fsl_f64_type(9), true)),
             config_options: Arc::new(ConfigOptions::default()),
@@ -665,29 +672,22 @@ mod tests {
     }
 
     fn invoke_scaled(w: &FixedSizeListArray, b: &Basis) -> FixedSizeListArray {
-        let args = ScalarFunctionArgs {
-            arg_fields: vec![
-                Arc::new(Field::new("w", w.data_type().clone(), true)),
-                Arc::new(Field::new("b", Basis::data_type(), true)),
-                Arc::new(Field::new("s", DataType::Boolean, false)),
-            ],
-            args: vec![
-                ColumnarValue::Array(Arc::new(w.clone())),
-                ColumnarValue::Scalar(
-                    ScalarValue::try_from_array(&Basis::to_array(&[Some(b.clone())]).unwrap(), 0)
-                        .unwrap(),
+        let basis =
+            ScalarValue::try_from_array(&Basis::to_array(&[Some(b.clone())]).unwrap(), 0).unwrap();
+        call(
+            vec![
+                (
+                    w.data_type().clone(),
+                    ColumnarValue::Array(Arc::new(w.clone())),
                 ),
-                ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))),
+                (Basis::data_type(), ColumnarValue::Scalar(basis)),
+                (
+                    DataType::Boolean,
+                    ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))),
+                ),
             ],
-            number_rows: w.len(),
-            return_field: Arc::new(Field::new("r", fsl_f64_type(9), true)),
-            config_options: Arc::new(ConfigOptions::default()),
-        };
-        let out = PcaProjectFunc::default().invoke_with_args(args).unwrap();
-        let ColumnarValue::Array(a) = out else {
-            panic!("expected an array")
-        };
-        a.as_fixed_size_list().clone()
+            w.len(),
+        )
     }
 
     proptest! {
