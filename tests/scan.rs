@@ -321,3 +321,49 @@ fn files_in_another_layout_read_the_same() {
     let after = ok(&["sql", "--store", s(&copy), "--format", "csv", SUMS]);
     assert_eq!(before, after);
 }
+
+/// The plan of `sql` (logical and physical) as text.
+fn explain(store: &Path, sql: &str) -> String {
+    let batches = crate::common::query(store, &format!("EXPLAIN {sql}"));
+    arrow::util::pretty::pretty_format_batches(&batches)
+        .expect("format")
+        .to_string()
+}
+
+/// A `filters_meta` query that reads no layer or model column joins `layers` and
+/// `models` as semi joins (crates/sql/src/semi_join.rs: they are unique on their keys),
+/// so the filter rows are filtered, not copied; one that reads a model column keeps the
+/// inner join. The answers are those of the same slice written with `IN`, and of the
+/// inner join.
+#[test]
+fn unused_keyed_joins_become_semi_joins() {
+    let store = big_store();
+    let sql = "SELECT filter_id, model_id, layer_idx, out_channel, in_channel, weights[5] AS w4 \
+               FROM filters_meta WHERE task = (SELECT min(task) FROM models) \
+               ORDER BY filter_id";
+    let plan = explain(store, sql);
+    assert!(!plan.contains("Inner Join"), "{plan}");
+    assert_eq!(plan.matches("LeftSemi Join").count(), 2, "{plan}");
+    // The same slice through IN, and through the inner joins (a model column read,
+    // then dropped).
+    let via_in = "SELECT filter_id, model_id, layer_idx, out_channel, in_channel, weights[5] AS w4 \
+                  FROM filters WHERE model_id IN (SELECT model_id FROM models \
+                  WHERE task = (SELECT min(task) FROM models)) ORDER BY filter_id";
+    let inner = "SELECT CASE WHEN name = '' THEN -1 ELSE filter_id END AS filter_id, model_id, \
+                 layer_idx, out_channel, in_channel, weights[5] AS w4 FROM filters_meta \
+                 WHERE task = (SELECT min(task) FROM models) ORDER BY filter_id";
+    assert!(explain(store, inner).contains("Inner Join"));
+    let (a, _) = run(store, sql, true);
+    let (b, _) = run(store, via_in, true);
+    let (c, _) = run(store, inner, true);
+    assert!(a.lines().count() > 1000, "{} rows", a.lines().count());
+    assert_eq!(a, b);
+    assert_eq!(a, c);
+    // Reading a layer column keeps that join inner, the models join still becomes semi.
+    let plan = explain(
+        store,
+        "SELECT filter_id, layer_name FROM filters_meta WHERE task = 'x'",
+    );
+    assert!(plan.contains("Inner Join"), "{plan}");
+    assert_eq!(plan.matches("LeftSemi Join").count(), 1, "{plan}");
+}

@@ -82,6 +82,8 @@ pub fn new_session(opts: &SessionOptions) -> Result<SessionContext> {
         *reserve = (*reserve).min(limit / 8);
     }
     let mut ctx = SessionContext::new_with_config_rt(config, runtime.build_arc()?);
+    // `filters_meta` queries that read no layer or model column join as semi joins.
+    ctx.add_optimizer_rule(Arc::new(crate::semi_join::KeyedJoinToSemiJoin));
     filterdb_udf::register_all(&mut ctx)?;
     Ok(ctx)
 }

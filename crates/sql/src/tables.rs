@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use datafusion::catalog::TableProvider;
+use datafusion::common::{Constraint, Constraints};
 use datafusion::datasource::empty::EmptyTable;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
@@ -26,10 +27,13 @@ pub const TABLE_NAMES: [&str; 5] = [
     "filters_meta",
 ];
 
+/// A listing table over `files` whose rows are unique on the columns `key` (declared as
+/// its primary key, which [`crate::semi_join`] relies on).
 fn listing(
     store: &Store,
     files: Vec<String>,
     schema: arrow::datatypes::SchemaRef,
+    key: &[&str],
 ) -> Result<Arc<dyn TableProvider>> {
     if files.is_empty() {
         // A store without models: the tables exist, with their schema, and are empty.
@@ -41,10 +45,17 @@ fn listing(
         .collect::<datafusion::error::Result<Vec<_>>>()?;
     let options =
         ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    let key = key
+        .iter()
+        .map(|k| schema.index_of(k))
+        .collect::<std::result::Result<Vec<usize>, _>>()?;
     let config = ListingTableConfig::new_with_multi_paths(urls)
         .with_listing_options(options)
         .with_schema(schema);
-    Ok(Arc::new(ListingTable::try_new(config)?))
+    let table = ListingTable::try_new(config)?.with_constraints(Constraints::new_unverified(vec![
+        Constraint::PrimaryKey(key),
+    ]));
+    Ok(Arc::new(table))
 }
 
 /// SQL of the `filters` view: the physical columns with the weights as one list.
@@ -81,11 +92,21 @@ pub async fn register_store(
     };
     ctx.register_table(
         "models",
-        listing(store, pick(|m| &m.files.models), models_schema())?,
+        listing(
+            store,
+            pick(|m| &m.files.models),
+            models_schema(),
+            &["model_id"],
+        )?,
     )?;
     ctx.register_table(
         "layers",
-        listing(store, pick(|m| &m.files.layers), layers_schema())?,
+        listing(
+            store,
+            pick(|m| &m.files.layers),
+            layers_schema(),
+            &["model_id", "layer_idx"],
+        )?,
     )?;
     // The filter files get filterdb's own scan (crate::scan): fast weight pages, file
     // pruning by model_id from the log, exact row counts.
