@@ -35,9 +35,8 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow::array::AsArray;
 use arrow::array::{
-    ArrayRef, BooleanArray, Int64Array, PrimitiveArray, RecordBatch, RecordBatchOptions,
+    ArrayRef, AsArray, BooleanArray, Int64Array, PrimitiveArray, RecordBatch, RecordBatchOptions,
     UInt64Array,
 };
 use arrow::buffer::{MutableBuffer, ScalarBuffer};
@@ -1103,19 +1102,14 @@ impl PartitionReader {
                 self.row_groups.add(1);
             }
             let (mut offset, end, layer_starts) = self.row_span(file, u, &columns)?;
-            let mut layer_starts = layer_starts.into_iter().peekable();
             while offset < end && left > 0 {
                 // Batches end at multiples of the batch size inside the row group and
                 // where a layer starts.
-                let mut stop = (offset / self.batch_size + 1) * self.batch_size;
-                while let Some(&s) = layer_starts.peek() {
-                    if s <= offset {
-                        layer_starts.next();
-                    } else {
-                        stop = stop.min(s);
-                        break;
-                    }
-                }
+                let grid = (offset / self.batch_size + 1) * self.batch_size;
+                let layer = layer_starts[layer_starts.partition_point(|&s| s <= offset)..]
+                    .first()
+                    .copied();
+                let stop = layer.map_or(grid, |s| s.min(grid));
                 let len = (stop.min(end) - offset).min(left);
                 let cols: Vec<ArrayRef> = columns.iter().map(|c| c.slice(offset, len)).collect();
                 let batch = RecordBatch::try_new_with_options(

@@ -263,6 +263,17 @@ impl<'a> Src<'a> {
     }
 }
 
+/// Set the 9 values of every row that `nulls` marks NULL to zero (flat rows, 9 per
+/// filter), so the values under a NULL filter are defined.
+pub fn zero_null_rows<T: Copy + Default>(values: &mut [T], nulls: Option<&NullBuffer>) {
+    let Some(nulls) = nulls else {
+        return;
+    };
+    for i in (0..values.len() / 9).filter(|&i| nulls.is_null(i)) {
+        values[9 * i..9 * i + 9].fill(T::default());
+    }
+}
+
 /// An initialised slice as a slice of `MaybeUninit`, for a kernel that overwrites it.
 fn as_uninit(s: &mut [f32]) -> &mut [std::mem::MaybeUninit<f32>] {
     // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and the kernels only write
@@ -635,7 +646,7 @@ impl Basis {
     }
 
     /// Coefficients of one filter: `(x - mean) . components^T`, each coefficient summed
-    /// in the order of the nine weights (as [`Basis::project_f32`] does).
+    /// in the order of the nine weights (as [`Basis::project_into`] does).
     #[inline]
     pub fn project(&self, x: &[f64; 9]) -> [f64; 9] {
         let mut c = [0.0; 9];
@@ -664,25 +675,14 @@ impl Basis {
         ct
     }
 
-    /// Coefficients of many f32 filters at once (row-major, 9 per filter), 9 per filter: the SIMD kernel of [`crate::simd::project_f32`]. A hand-written
-    /// loop rather than a matrix-product crate: with k = n = 9 the packing of a general
-    /// GEMM cost more than the arithmetic. The bits equal [`Basis::project`]'s, row by
-    /// row, on every CPU.
-    pub fn project_f32(&self, rows: &[f32]) -> Vec<f64> {
-        let ct = self.components_t();
-        // SAFETY: the kernel writes every coefficient of every row.
-        unsafe {
-            crate::simd::filled_vec(rows.len(), |o| {
-                crate::simd::project_f32(&self.mean, &ct, rows, o)
-            })
-        }
-    }
-
     /// The coefficients of the filters `src` written into `out` (9 per filter), the
-    /// filters peak-scaled first when `scale`: bit-equal to [`Basis::project_f32`] (or
-    /// [`Basis::project_f64`]) of `src`, or of `peak_scale`'s f32 output. float16 rows are
-    /// widened, scaled and projected a chunk at a time while the chunk is in L1, so
-    /// neither the widened nor the scaled filters become a batch-sized buffer.
+    /// filters peak-scaled first when `scale` (bit-equal to projecting `peak_scale`'s f32
+    /// output). The bits equal [`Basis::project`]'s, row by row, on every CPU: f32 rows go
+    /// through the SIMD kernel [`crate::simd::project_f32`] (a hand-written loop rather
+    /// than a matrix-product crate: with k = n = 9 the packing of a general GEMM cost more
+    /// than the arithmetic), f64 rows through the portable one. float16 rows are widened,
+    /// scaled and projected a chunk at a time while the chunk is in L1, so neither the
+    /// widened nor the scaled filters become a batch-sized buffer.
     ///
     /// # Panics
     /// If `scale` is asked of f64 rows (scale them with `peak_scale` first, whose f32
@@ -716,16 +716,6 @@ impl Basis {
         }
     }
 
-    /// As [`Basis::project_f32`] for f64 filters (portable code).
-    pub fn project_f64(&self, rows: &[f64]) -> Vec<f64> {
-        let ct = self.components_t();
-        // SAFETY: the kernel writes every coefficient of every row.
-        unsafe {
-            crate::simd::filled_vec(rows.len(), |o| {
-                crate::simd::project_portable(&self.mean, &ct, rows, o)
-            })
-        }
-    }
     /// The struct fields of a basis value.
     pub fn fields() -> Fields {
         Fields::from(vec![

@@ -31,7 +31,9 @@ use datafusion::logical_expr::{
     ScalarUDF, ScalarUDFImpl, Signature, Volatility, lit,
 };
 
-use crate::common::{Basis, Filters, Flat, Src, coerce_weights, f16_rows, fsl_f64, fsl_f64_type};
+use crate::common::{
+    Basis, Filters, Flat, Src, coerce_weights, f16_rows, fsl_f64, fsl_f64_type, zero_null_rows,
+};
 use crate::scalar::peak_scale::peak_scale_kernel;
 
 /// Scalar reference: a naive matrix-vector product, `c_k = sum_j (x_j - mean_j) V_kj`.
@@ -48,15 +50,11 @@ pub fn pca_project_ref(x: &[f64; 9], mean: &[f64; 9], components: &[[f64; 9]; 9]
 /// Vectorised kernel for one basis shared by every row: a flat f64 output buffer, the
 /// input's validity bitmap.
 pub fn pca_project_kernel(f: &Filters<'_>, basis: &Basis) -> Result<FixedSizeListArray> {
-    let mut values = match f.flat() {
-        Flat::F32(rows) => basis.project_f32(rows),
-        Flat::F64(rows) => basis.project_f64(rows),
-    };
-    if let Some(nulls) = f.nulls() {
-        for i in nulls.iter().enumerate().filter(|(_, v)| !v).map(|(i, _)| i) {
-            values[9 * i..9 * i + 9].fill(0.0);
-        }
-    }
+    let src = Src::of(f);
+    // SAFETY: `project_into` writes every coefficient of every row.
+    let mut values =
+        unsafe { crate::simd::filled_vec(src.values(), |o| basis.project_into(src, false, o)) };
+    zero_null_rows(&mut values, f.nulls());
     fsl_f64(9, values, f.nulls().cloned())
 }
 
@@ -153,11 +151,11 @@ pub fn pca_project_batch(
             valid.get_or_insert_with(|| vec![true; n])[r.clone()].fill(false);
         }
     }
+    zero_null_rows(&mut values, weights.nulls());
     if let Some(nulls) = weights.nulls() {
         let v = valid.get_or_insert_with(|| vec![true; n]);
         for i in (0..n).filter(|&i| nulls.is_null(i)) {
             v[i] = false;
-            values[9 * i..9 * i + 9].fill(0.0);
         }
     }
     let nulls = valid.map(NullBuffer::from).filter(|v| v.null_count() > 0);

@@ -20,7 +20,7 @@ use datafusion::logical_expr::{
     ScalarUDFImpl, Signature, Volatility,
 };
 
-use crate::common::{Filters, coerce_weights, f16_rows, for_each_widened};
+use crate::common::{Filters, coerce_weights, f16_rows, for_each_widened, zero_null_rows};
 
 /// Largest |w|, NaN if any weight is NaN (numpy's `np.abs(f).max()`).
 #[inline]
@@ -62,7 +62,7 @@ fn return_type() -> DataType {
 /// and the row loop has no conversions. Float64 input is divided in f64.
 pub fn peak_scale_kernel(f: &Filters<'_>) -> Result<FixedSizeListArray> {
     let n = f.len();
-    let mut values = if let Some(src) = f.flat_f32() {
+    let values = if let Some(src) = f.flat_f32() {
         // SAFETY: the kernel writes every weight of every filter.
         unsafe { crate::simd::filled_vec(n * 9, |o| crate::simd::peak_scale_f32(src, o)) }
     } else {
@@ -83,16 +83,17 @@ pub fn peak_scale_kernel(f: &Filters<'_>) -> Result<FixedSizeListArray> {
         }
         values
     };
-    if let Some(nulls) = f.nulls() {
-        for i in (0..n).filter(|&i| nulls.is_null(i)) {
-            values[9 * i..9 * i + 9].fill(0.0);
-        }
-    }
+    scaled_array(values, f.nulls())
+}
+
+/// The result array: `values` (9 per filter) with the NULL rows zeroed, under `nulls`.
+fn scaled_array(mut values: Vec<f32>, nulls: Option<&NullBuffer>) -> Result<FixedSizeListArray> {
+    zero_null_rows(&mut values, nulls);
     Ok(FixedSizeListArray::try_new(
         Arc::new(Field::new_list_field(DataType::Float32, true)),
         9,
         Arc::new(Float32Array::new(ScalarBuffer::from(values), None)),
-        f.nulls().cloned(),
+        nulls.cloned(),
     )?)
 }
 
@@ -104,24 +105,14 @@ pub fn peak_scale_f16_kernel(
     nulls: Option<&NullBuffer>,
 ) -> Result<FixedSizeListArray> {
     // SAFETY: every chunk is written by the kernel.
-    let mut values = unsafe {
+    let values = unsafe {
         crate::simd::filled_vec(rows.len(), |o| {
             for_each_widened(rows, |first, x| {
                 crate::simd::peak_scale_f32(x, &mut o[9 * first..9 * first + x.len()]);
             })
         })
     };
-    if let Some(nulls) = nulls {
-        for i in (0..rows.len() / 9).filter(|&i| nulls.is_null(i)) {
-            values[9 * i..9 * i + 9].fill(0.0);
-        }
-    }
-    Ok(FixedSizeListArray::try_new(
-        Arc::new(Field::new_list_field(DataType::Float32, true)),
-        9,
-        Arc::new(Float32Array::new(ScalarBuffer::from(values), None)),
-        nulls.cloned(),
-    )?)
+    scaled_array(values, nulls)
 }
 
 /// The `peak_scale` SQL function.
