@@ -334,7 +334,7 @@ fn explain(store: &Path, sql: &str) -> String {
 /// `models` as semi joins (crates/sql/src/semi_join.rs: they are unique on their keys),
 /// so the filter rows are filtered, not copied; one that reads a model column keeps the
 /// inner join. The answers are those of the same slice written with `IN`, and of the
-/// inner join.
+/// inner join (a `HashJoinExec`).
 #[test]
 fn unused_keyed_joins_become_semi_joins() {
     let store = big_store();
@@ -344,6 +344,10 @@ fn unused_keyed_joins_become_semi_joins() {
     let plan = explain(store, sql);
     assert!(!plan.contains("Inner Join"), "{plan}");
     assert_eq!(plan.matches("LeftSemi Join").count(), 2, "{plan}");
+    // Both run as filters of the scan's batches by key (crates/sql/src/semi_filter.rs),
+    // not as hash joins.
+    assert_eq!(plan.matches("SemiFilterExec: on=").count(), 2, "{plan}");
+    assert!(!plan.contains("HashJoinExec"), "{plan}");
     // The same slice through IN, and through the inner joins (a model column read,
     // then dropped).
     let via_in = "SELECT filter_id, model_id, layer_idx, out_channel, in_channel, weights[5] AS w4 \
@@ -352,7 +356,9 @@ fn unused_keyed_joins_become_semi_joins() {
     let inner = "SELECT CASE WHEN name = '' THEN -1 ELSE filter_id END AS filter_id, model_id, \
                  layer_idx, out_channel, in_channel, weights[5] AS w4 FROM filters_meta \
                  WHERE task = (SELECT min(task) FROM models) ORDER BY filter_id";
-    assert!(explain(store, inner).contains("Inner Join"));
+    let inner_plan = explain(store, inner);
+    assert!(inner_plan.contains("Inner Join"), "{inner_plan}");
+    assert!(inner_plan.contains("HashJoinExec"), "{inner_plan}");
     let (a, _) = run(store, sql, true);
     let (b, _) = run(store, via_in, true);
     let (c, _) = run(store, inner, true);

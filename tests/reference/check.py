@@ -33,6 +33,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -590,9 +591,48 @@ class Checker:
         self.add("layers.conv_depth_norm (paper: conv_depth / (conv levels - 1))", not bad_norm,
                  f"{len(bad_norm)} layers differ, e.g. " + "; ".join(bad_norm[:2]) if bad_norm else "", len(d.layers))
 
+    # -- exports (raw PLAIN weight pages, hand-encoded DELTA_BINARY_PACKED ids, npy)
+    def check_export(self):
+        d = self.d
+        # The first task's slice through filters_meta (semi joins run as SemiFilterExec).
+        task = sorted({m["task"] for m in d.models.values()})[0]
+        mids = sorted(mid for mid, m in d.models.items() if m["task"] == task)
+        sel = np.isin(d.model_id, mids)
+        cols = ["filter_id", "model_id", "layer_idx", "out_channel", "in_channel"]
+        query = (f"SELECT {', '.join(cols)}, weights FROM filters_meta "
+                 f"WHERE task = '{task}' ORDER BY filter_id")
+        out = Path(tempfile.mkdtemp(prefix="filterdb-export-"))
+        bits = np.uint32 if d.w_stored.dtype == np.float32 else np.uint16
+        want_w = d.w_stored[sel].view(bits)
+        for fmt in ("parquet", "npy"):
+            path = out / f"slice.{fmt}"
+            try:
+                self.fdb.run("export", "--store", str(self.store), "--format", fmt, "-o", str(path),
+                             "--query", query)
+            except SqlError as e:
+                self.add(f"export {fmt} reads back (pyarrow / numpy)", False, str(e))
+                continue
+            ids = pq.read_table(path if fmt == "parquet" else out / "slice.parquet")
+            if fmt == "parquet":
+                w = ids.column("weights").combine_chunks().values.to_numpy(zero_copy_only=False).reshape(-1, 9)
+            else:
+                w = np.load(path)
+            bad = [c for c in cols if not np.array_equal(ids.column(c).to_numpy(), getattr(d, c)[sel])]
+            if w.shape != want_w.shape or not np.array_equal(w.view(bits), want_w):
+                bad.append("weights")
+            meta = pq.ParquetFile(path if fmt == "parquet" else out / "slice.parquet").metadata
+            mid = [i for i in range(meta.num_columns) if meta.schema.column(i).path == "model_id"][0]
+            sts = [meta.row_group(g).column(mid).statistics for g in range(meta.num_row_groups)]
+            if any(st is None or not st.has_min_max for st in sts) or \
+                    (min(st.min for st in sts), max(st.max for st in sts)) != (min(mids), max(mids)):
+                bad.append("model_id statistics")
+            self.add(f"export {fmt} reads back (pyarrow / numpy)", not bad,
+                     f"{int(sel.sum())} filters of task {task!r}" + (f"; differ: {bad}" if bad else ""))
+        shutil.rmtree(out, ignore_errors=True)
+
     def run_all(self, fixture=None):
         steps = [self.check_storage, self.check_filter_functions, self.check_layer_functions, self.check_depth_buckets,
-                 self.check_pca, self.check_projection, self.check_histograms_and_drift]
+                 self.check_pca, self.check_projection, self.check_histograms_and_drift, self.check_export]
         if fixture is not None:
             steps.append(lambda: self.check_layer_meta(fixture))
         for step in steps:

@@ -133,6 +133,7 @@ pub trait BatchSink {
     fn finish(self: Box<Self>) -> Result<()>;
 }
 
+mod delta;
 mod raw_parquet;
 
 struct ParquetSink<W: Write + Send> {

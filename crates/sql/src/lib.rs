@@ -12,6 +12,7 @@
 mod error;
 pub mod export;
 pub mod scan;
+pub mod semi_filter;
 pub mod semi_join;
 mod session;
 mod tables;

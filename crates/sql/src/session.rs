@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -81,7 +82,15 @@ pub fn new_session(opts: &SessionOptions) -> Result<SessionContext> {
         let reserve = &mut config.options_mut().execution.sort_spill_reservation_bytes;
         *reserve = (*reserve).min(limit / 8);
     }
-    let mut ctx = SessionContext::new_with_config_rt(config, runtime.build_arc()?);
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime.build_arc()?)
+        .with_default_features()
+        // Semi joins against a small table filter the scan's batches by key (after
+        // DataFusion's own rules, so the join's dynamic filter is already in the scan).
+        .with_physical_optimizer_rule(Arc::new(crate::semi_filter::SemiJoinAsFilter))
+        .build();
+    let mut ctx = SessionContext::new_with_state(state);
     // `filters_meta` queries that read no layer or model column join as semi joins.
     ctx.add_optimizer_rule(Arc::new(crate::semi_join::KeyedJoinToSemiJoin));
     filterdb_udf::register_all(&mut ctx)?;

@@ -489,40 +489,82 @@ pub fn single_page_chunk(
     descr: parquet::schema::types::ColumnDescPtr,
 ) -> parquet::errors::Result<(Bytes, ColumnCloseResult)> {
     let uncompressed = page.buffer().len();
-    let num_values = i64::from(page.num_values());
-    let mut sink = TrackedWrite::new(Vec::with_capacity(uncompressed + 64));
-    {
-        let mut pw = SerializedPageWriter::new(&mut sink);
-        pw.write_page(CompressedPage::new(page, uncompressed))?;
-        pw.close()?;
+    let chunk = OnePageChunk {
+        uncompressed,
+        rows,
+        encodings,
+        compression: Compression::UNCOMPRESSED,
+        statistics: None,
+    };
+    chunk.write(page, descr)
+}
+
+/// What a column chunk of one page declares besides the page: see
+/// [`single_page_chunk`], which writes uncompressed pages without statistics.
+#[derive(Debug, Clone)]
+pub struct OnePageChunk {
+    /// Bytes of the page's buffer before compression (levels and values).
+    pub uncompressed: usize,
+    /// Rows in the page.
+    pub rows: usize,
+    /// The page's value and level encodings.
+    pub encodings: Vec<Encoding>,
+    /// The codec the page's values are compressed with.
+    pub compression: Compression,
+    /// The chunk's statistics (min / max / nulls), for readers to prune with.
+    pub statistics: Option<parquet::file::statistics::Statistics>,
+}
+
+impl OnePageChunk {
+    /// The chunk's bytes and the close result that
+    /// `SerializedRowGroupWriter::append_column` takes.
+    ///
+    /// # Errors
+    /// Parquet errors writing the page header.
+    pub fn write(
+        self,
+        page: Page,
+        descr: parquet::schema::types::ColumnDescPtr,
+    ) -> parquet::errors::Result<(Bytes, ColumnCloseResult)> {
+        let num_values = i64::from(page.num_values());
+        let stored = page.buffer().len() as i64;
+        let mut sink = TrackedWrite::new(Vec::with_capacity(page.buffer().len() + 64));
+        {
+            let mut pw = SerializedPageWriter::new(&mut sink);
+            pw.write_page(CompressedPage::new(page, self.uncompressed))?;
+            pw.close()?;
+        }
+        let bytes = sink.into_inner()?;
+        let len = bytes.len() as i64;
+        // One page covering every row; offsets are relative to the chunk and rewritten
+        // by `append_column`. (The file writer needs an offset index for every column
+        // once any column has one.)
+        let mut offsets = OffsetIndexBuilder::new();
+        offsets.append_row_count(self.rows as i64);
+        offsets.append_offset_and_size(0, i32::try_from(len).unwrap_or(i32::MAX));
+        let mut metadata = ColumnChunkMetaData::builder(descr)
+            .set_encodings(self.encodings)
+            .set_compression(self.compression)
+            .set_num_values(num_values)
+            .set_total_compressed_size(len)
+            // the page header plus the page before compression
+            .set_total_uncompressed_size(len - stored + self.uncompressed as i64)
+            .set_data_page_offset(0);
+        if let Some(stats) = self.statistics {
+            metadata = metadata.set_statistics(stats);
+        }
+        Ok((
+            Bytes::from(bytes),
+            ColumnCloseResult {
+                bytes_written: len as u64,
+                rows_written: self.rows as u64,
+                metadata: metadata.build()?,
+                bloom_filter: None,
+                column_index: None,
+                offset_index: Some(offsets.build()),
+            },
+        ))
     }
-    let bytes = sink.into_inner()?;
-    let len = bytes.len() as i64;
-    // One page covering every row; offsets are relative to the chunk and rewritten by
-    // `append_column`. (The file writer needs an offset index for every column once
-    // any column has one.)
-    let mut offsets = OffsetIndexBuilder::new();
-    offsets.append_row_count(rows as i64);
-    offsets.append_offset_and_size(0, i32::try_from(len).unwrap_or(i32::MAX));
-    let metadata = ColumnChunkMetaData::builder(descr)
-        .set_encodings(encodings)
-        .set_compression(Compression::UNCOMPRESSED)
-        .set_num_values(num_values)
-        .set_total_compressed_size(len)
-        .set_total_uncompressed_size(len)
-        .set_data_page_offset(0)
-        .build()?;
-    Ok((
-        Bytes::from(bytes),
-        ColumnCloseResult {
-            bytes_written: len as u64,
-            rows_written: rows as u64,
-            metadata,
-            bloom_filter: None,
-            column_index: None,
-            offset_index: Some(offsets.build()),
-        },
-    ))
 }
 
 fn check_size(model: &str, tensor: &str, w: &KernelData<'_>, out: usize, inp: usize) -> Result<()> {
