@@ -29,10 +29,11 @@
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, BooleanArray, BooleanBufferBuilder, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder, RecordBatch};
 use arrow::compute::kernels::cmp::eq;
 use arrow::compute::{concat_batches, filter_record_batch};
 use arrow::datatypes::Schema;
+use arrow::datatypes::{Int32Type, Int64Type};
 use arrow::row::{RowConverter, SortField};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
@@ -518,8 +519,22 @@ fn constant(a: &ArrayRef) -> bool {
     if a.len() <= 1 {
         return true;
     }
+    // The store's keys are Int32 / Int64: compare the values in place (the generic
+    // comparison below builds a boolean array per batch).
+    if let Some(v) = a.as_primitive_opt::<Int32Type>() {
+        return all_equal(v.values());
+    }
+    if let Some(v) = a.as_primitive_opt::<Int64Type>() {
+        return all_equal(v.values());
+    }
     let first = arrow::array::Scalar::new(a.slice(0, 1));
     eq(a, &first).is_ok_and(|m| m.null_count() == 0 && m.true_count() == a.len())
+}
+
+/// Whether every value equals the first.
+fn all_equal<T: PartialEq + Copy>(v: &[T]) -> bool {
+    v.first()
+        .is_none_or(|&f| v.iter().fold(true, |all, &x| all & (x == f)))
 }
 
 /// A build key column's values.
@@ -699,6 +714,23 @@ mod tests {
         assert_eq!(get("masked_batches"), Some(1));
         assert_eq!(get("build_rows"), Some(3));
         assert_eq!(get("output_rows"), Some(7));
+    }
+
+    #[test]
+    fn constant_columns() {
+        use arrow::array::{Int64Array, StringArray};
+        let a = |v: ArrayRef| constant(&v);
+        assert!(a(Arc::new(Int32Array::from(vec![4, 4, 4]))));
+        assert!(!a(Arc::new(Int32Array::from(vec![4, 4, 5]))));
+        assert!(!a(Arc::new(Int32Array::from(vec![Some(4), None]))));
+        assert!(a(Arc::new(Int64Array::from(vec![-1; 300]))));
+        assert!(!a(Arc::new(Int64Array::from(vec![-1, 2]))));
+        assert!(a(Arc::new(StringArray::from(vec!["x", "x"]))));
+        assert!(!a(Arc::new(StringArray::from(vec!["x", "y"]))));
+        assert!(a(Arc::new(Int32Array::from(Vec::<i32>::new()))));
+        // a slice compares its own values only
+        let s = Int32Array::from(vec![1, 2, 2, 3]).slice(1, 2);
+        assert!(a(Arc::new(s)));
     }
 
     #[test]
