@@ -322,6 +322,24 @@ fn files_in_another_layout_read_the_same() {
     assert_eq!(before, after);
 }
 
+/// The store's weight chunks (one PLAIN page each) are read with one `pread` into the
+/// buffer the array keeps, for both precisions; `files_in_another_layout_read_the_same`
+/// checks the answers against files that take the page-by-page path.
+#[test]
+fn weight_pages_are_used_where_read() {
+    for precision in ["f16", "f32"] {
+        let store = fixture_store(precision);
+        let sql = "SELECT count(*), sum(l1_norm(weights)) FROM filters";
+        let (_, m) = run(store, sql, true);
+        assert!(m["row_groups_scanned"] > 0, "{m:?}");
+        assert_eq!(
+            m["weight_chunks_in_place"],
+            9 * m["row_groups_scanned"],
+            "{precision}: {m:?}"
+        );
+    }
+}
+
 /// The plan of `sql` (logical and physical) as text.
 fn explain(store: &Path, sql: &str) -> String {
     let batches = crate::common::query(store, &format!("EXPLAIN {sql}"));

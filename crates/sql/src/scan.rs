@@ -39,10 +39,11 @@ use arrow::array::{
     ArrayRef, AsArray, BooleanArray, Int64Array, PrimitiveArray, RecordBatch, RecordBatchOptions,
     UInt64Array,
 };
-use arrow::buffer::{MutableBuffer, ScalarBuffer};
+use arrow::buffer::{Buffer, MutableBuffer, ScalarBuffer};
 use arrow::compute::SortOptions;
 use arrow::datatypes::{Float16Type, Float32Type, Int32Type, Schema, SchemaRef};
 use async_trait::async_trait;
+use bytes::Bytes;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::pruning::PruningStatistics;
@@ -980,6 +981,7 @@ impl ExecutionPlan for FilterScanExec {
             row_groups: metric("row_groups_scanned"),
             files_pruned: metric("files_pruned_dynamic"),
             row_groups_pruned: metric("row_groups_pruned_dynamic"),
+            in_place: metric("weight_chunks_in_place"),
             rows: MetricBuilder::new(&self.metrics).output_rows(partition),
         };
         // Reading starts when the stream is first polled, not here: a hash join polls
@@ -1035,6 +1037,8 @@ struct PartitionReader {
     row_groups: Count,
     files_pruned: Count,
     row_groups_pruned: Count,
+    /// Weight chunks whose page was used where it was read (`read_single_page`).
+    in_place: Count,
     rows: Count,
 }
 
@@ -1254,6 +1258,9 @@ impl PartitionReader {
         {
             return Ok(None);
         }
+        if let Some(values) = self.read_single_page(file, u, c, width)? {
+            return Ok(Some(values));
+        }
         let handle = file.try_clone().map_err(|e| {
             exec_datafusion_err!("reading filter file {}: {e}", u.file.path.display())
         })?;
@@ -1286,17 +1293,137 @@ impl PartitionReader {
         if buf.len() != u.rows * width {
             return Ok(None);
         }
-        let array: ArrayRef = match self.precision {
+        Ok(Some(self.weights_array(buf.into(), 0, u.rows)))
+    }
+
+    /// `rows` weights of the buffer from element `offset` on.
+    fn weights_array(&self, buf: Buffer, offset: usize, rows: usize) -> ArrayRef {
+        match self.precision {
             WeightPrecision::F16 => Arc::new(PrimitiveArray::<Float16Type>::new(
-                ScalarBuffer::new(buf.into(), 0, u.rows),
+                ScalarBuffer::new(buf, offset, rows),
                 None,
             )),
             WeightPrecision::F32 => Arc::new(PrimitiveArray::<Float32Type>::new(
-                ScalarBuffer::new(buf.into(), 0, u.rows),
+                ScalarBuffer::new(buf, offset, rows),
                 None,
             )),
+        }
+    }
+
+    /// The store's own form of a weight chunk, one PLAIN page (see `read_plain_weights`),
+    /// read with one `pread` into the buffer the array keeps: the page's values are
+    /// used where they land, no copy. The header's length is known from the metadata
+    /// (the chunk's bytes minus the values'), so the read starts that far before an
+    /// aligned position. `None` (then the page-by-page copy runs) when the chunk turns
+    /// out to be anything else: several pages, another encoding, other sizes.
+    fn read_single_page(
+        &self,
+        file: &File,
+        u: &Unit,
+        c: usize,
+        width: usize,
+    ) -> Result<Option<ArrayRef>> {
+        use std::os::unix::fs::FileExt;
+        let chunk = u.file.meta.row_group(u.row_group).column(c);
+        let (start, len) = chunk.byte_range();
+        let (Ok(len), values) = (usize::try_from(len), u.rows * width) else {
+            return Ok(None);
         };
-        Ok(Some(array))
+        let Some(header) = len.checked_sub(values) else {
+            return Ok(None);
+        };
+        let pad = (width - header % width) % width;
+        let mut buf = MutableBuffer::from_len_zeroed(pad + len);
+        file.read_exact_at(&mut buf.as_slice_mut()[pad..], start)
+            .map_err(|e| {
+                exec_datafusion_err!("reading filter file {}: {e}", u.file.path.display())
+            })?;
+        let buf: Buffer = buf.into();
+        let bytes = ChunkBytes {
+            start,
+            bytes: Bytes::from_owner(ArrowBytes(buf.slice(pad))),
+        };
+        let mut pages = SerializedPageReader::new(Arc::new(bytes), chunk, u.rows, None)?;
+        let data = match pages.get_next_page()? {
+            Some(Page::DataPage {
+                buf: data,
+                encoding: Encoding::PLAIN,
+                ..
+            })
+            | Some(Page::DataPageV2 {
+                buf: data,
+                encoding: Encoding::PLAIN,
+                num_nulls: 0,
+                def_levels_byte_len: 0,
+                rep_levels_byte_len: 0,
+                ..
+            }) => data,
+            _ => return Ok(None),
+        };
+        // The values must be the page's data, exactly where the metadata put them.
+        let at = buf.as_ptr().wrapping_add(pad + header);
+        if data.len() != values || data.as_ptr() != at || pages.get_next_page()?.is_some() {
+            return Ok(None);
+        }
+        self.in_place.add(1);
+        Ok(Some(self.weights_array(
+            buf,
+            (pad + header) / width,
+            u.rows,
+        )))
+    }
+}
+
+/// An Arrow buffer as the owner of `Bytes`.
+struct ArrowBytes(Buffer);
+
+impl AsRef<[u8]> for ArrowBytes {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_slice()
+    }
+}
+
+/// A column chunk held in memory, read by parquet-rs's page reader at the file offsets
+/// it was read from (`start` is the chunk's first byte in the file). Pages come back as
+/// slices of `bytes`, not copies.
+struct ChunkBytes {
+    start: u64,
+    bytes: Bytes,
+}
+
+impl ChunkBytes {
+    fn range(&self, at: u64, len: usize) -> parquet::errors::Result<Bytes> {
+        let from = at
+            .checked_sub(self.start)
+            .and_then(|o| usize::try_from(o).ok())
+            .filter(|&o| o + len <= self.bytes.len())
+            .ok_or_else(|| {
+                parquet::errors::ParquetError::EOF(format!(
+                    "{len} bytes at offset {at} are outside the chunk read"
+                ))
+            })?;
+        Ok(self.bytes.slice(from..from + len))
+    }
+}
+
+impl parquet::file::reader::Length for ChunkBytes {
+    fn len(&self) -> u64 {
+        self.start + self.bytes.len() as u64
+    }
+}
+
+impl parquet::file::reader::ChunkReader for ChunkBytes {
+    type T = bytes::buf::Reader<Bytes>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        let end = self.start + self.bytes.len() as u64;
+        let rest = end.saturating_sub(start);
+        let len = usize::try_from(rest).unwrap_or(usize::MAX);
+        Ok(bytes::Buf::reader(self.range(start, len)?))
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        self.range(start, length)
     }
 }
 
