@@ -44,7 +44,7 @@ fn fixtures() -> Option<&'static Path> {
             eprintln!("SKIPPED {msg}");
             return None;
         }
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = crate::common::fixture_dir();
         let out = dir.path().join("fx");
         let gen_out = Command::new("python3")
             .arg(GENERATOR)

@@ -22,7 +22,7 @@ const GROUP: i64 = 262_144;
 fn big_store() -> &'static Path {
     static STORE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     let (_, p) = STORE.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = crate::common::fixture_dir();
         let zoo = dir.path().join("zoo");
         let p = dir.path().join("store");
         ok(&[
