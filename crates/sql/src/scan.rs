@@ -1037,7 +1037,7 @@ struct PartitionReader {
     row_groups: Count,
     files_pruned: Count,
     row_groups_pruned: Count,
-    /// Weight chunks whose page was used where it was read (`read_single_page`).
+    /// Weight chunks whose page was used where it was read (`read_plain_weights`).
     in_place: Count,
     rows: Count,
 }
@@ -1243,10 +1243,16 @@ impl PartitionReader {
         Ok((start, end, starts))
     }
 
-    /// A weight column chunk written as filterdb writes it (uncompressed PLAIN data pages
-    /// without levels), copied page by page into one aligned buffer; `None` when the
-    /// chunk has any other form.
+    /// A weight column chunk in the form filterdb writes (uncompressed PLAIN data pages
+    /// without levels), read with one `pread`; `None` when the chunk has any other form.
+    ///
+    /// filterdb writes one page per chunk: its header, then the values. The header's
+    /// length is the chunk's bytes minus the values', so the chunk is read that far
+    /// before an aligned position of the buffer the array keeps, and the values are
+    /// used where they land (`weight_chunks_in_place`). Chunks of several pages (files
+    /// another tool wrote) have their pages copied into one aligned buffer.
     fn read_plain_weights(&self, file: &File, u: &Unit, c: usize) -> Result<Option<ArrayRef>> {
+        use std::os::unix::fs::FileExt;
         let chunk = u.file.meta.row_group(u.row_group).column(c);
         let width = match self.precision {
             WeightPrecision::F16 => 2,
@@ -1258,42 +1264,51 @@ impl PartitionReader {
         {
             return Ok(None);
         }
-        if let Some(values) = self.read_single_page(file, u, c, width)? {
-            return Ok(Some(values));
-        }
-        let handle = file.try_clone().map_err(|e| {
-            exec_datafusion_err!("reading filter file {}: {e}", u.file.path.display())
-        })?;
-        let mut pages = SerializedPageReader::new(Arc::new(handle), chunk, u.rows, None)?;
-        let mut buf = MutableBuffer::with_capacity(u.rows * width);
+        let (start, len) = chunk.byte_range();
+        let values = u.rows * width;
+        let Some(header) = usize::try_from(len)
+            .ok()
+            .and_then(|l| l.checked_sub(values))
+        else {
+            return Ok(None);
+        };
+        let pad = (width - header % width) % width;
+        let mut buf = MutableBuffer::from_len_zeroed(pad + header + values);
+        file.read_exact_at(&mut buf.as_slice_mut()[pad..], start)
+            .map_err(|e| {
+                exec_datafusion_err!("reading filter file {}: {e}", u.file.path.display())
+            })?;
+        let buf: Buffer = buf.into();
+        let bytes = ChunkBytes {
+            start,
+            bytes: Bytes::from_owner(ArrowBytes(buf.slice(pad))),
+        };
+        let mut pages = SerializedPageReader::new(Arc::new(bytes), chunk, u.rows, None)?;
+        let mut data: Vec<Bytes> = Vec::with_capacity(1);
         while let Some(page) = pages.get_next_page()? {
-            let (data, encoding, values) = match page {
-                Page::DataPage {
-                    buf,
-                    num_values,
-                    encoding,
-                    ..
-                } => (buf, encoding, num_values),
-                Page::DataPageV2 {
-                    buf,
-                    num_values,
-                    encoding,
-                    num_nulls: 0,
-                    def_levels_byte_len: 0,
-                    rep_levels_byte_len: 0,
-                    ..
-                } => (buf, encoding, num_values),
-                _ => return Ok(None),
-            };
-            if encoding != Encoding::PLAIN || data.len() != values as usize * width {
-                return Ok(None);
+            match plain_values(page, width) {
+                Some(d) => data.push(d),
+                None => return Ok(None),
             }
-            buf.extend_from_slice(&data);
         }
-        if buf.len() != u.rows * width {
+        if data.iter().map(Bytes::len).sum::<usize>() != values {
             return Ok(None);
         }
-        Ok(Some(self.weights_array(buf.into(), 0, u.rows)))
+        if let [only] = &data[..]
+            && only.as_ptr() == buf.as_ptr().wrapping_add(pad + header)
+        {
+            self.in_place.add(1);
+            return Ok(Some(self.weights_array(
+                buf,
+                (pad + header) / width,
+                u.rows,
+            )));
+        }
+        let mut out = MutableBuffer::with_capacity(values);
+        for d in &data {
+            out.extend_from_slice(d);
+        }
+        Ok(Some(self.weights_array(out.into(), 0, u.rows)))
     }
 
     /// `rows` weights of the buffer from element `offset` on.
@@ -1309,69 +1324,30 @@ impl PartitionReader {
             )),
         }
     }
+}
 
-    /// The store's own form of a weight chunk, one PLAIN page (see `read_plain_weights`),
-    /// read with one `pread` into the buffer the array keeps: the page's values are
-    /// used where they land, no copy. The header's length is known from the metadata
-    /// (the chunk's bytes minus the values'), so the read starts that far before an
-    /// aligned position. `None` (then the page-by-page copy runs) when the chunk turns
-    /// out to be anything else: several pages, another encoding, other sizes.
-    fn read_single_page(
-        &self,
-        file: &File,
-        u: &Unit,
-        c: usize,
-        width: usize,
-    ) -> Result<Option<ArrayRef>> {
-        use std::os::unix::fs::FileExt;
-        let chunk = u.file.meta.row_group(u.row_group).column(c);
-        let (start, len) = chunk.byte_range();
-        let (Ok(len), values) = (usize::try_from(len), u.rows * width) else {
-            return Ok(None);
-        };
-        let Some(header) = len.checked_sub(values) else {
-            return Ok(None);
-        };
-        let pad = (width - header % width) % width;
-        let mut buf = MutableBuffer::from_len_zeroed(pad + len);
-        file.read_exact_at(&mut buf.as_slice_mut()[pad..], start)
-            .map_err(|e| {
-                exec_datafusion_err!("reading filter file {}: {e}", u.file.path.display())
-            })?;
-        let buf: Buffer = buf.into();
-        let bytes = ChunkBytes {
-            start,
-            bytes: Bytes::from_owner(ArrowBytes(buf.slice(pad))),
-        };
-        let mut pages = SerializedPageReader::new(Arc::new(bytes), chunk, u.rows, None)?;
-        let data = match pages.get_next_page()? {
-            Some(Page::DataPage {
-                buf: data,
-                encoding: Encoding::PLAIN,
-                ..
-            })
-            | Some(Page::DataPageV2 {
-                buf: data,
-                encoding: Encoding::PLAIN,
-                num_nulls: 0,
-                def_levels_byte_len: 0,
-                rep_levels_byte_len: 0,
-                ..
-            }) => data,
-            _ => return Ok(None),
-        };
-        // The values must be the page's data, exactly where the metadata put them.
-        let at = buf.as_ptr().wrapping_add(pad + header);
-        if data.len() != values || data.as_ptr() != at || pages.get_next_page()?.is_some() {
-            return Ok(None);
-        }
-        self.in_place.add(1);
-        Ok(Some(self.weights_array(
+/// A data page's values when it is PLAIN without levels and holds `width`-byte values
+/// only.
+fn plain_values(page: Page, width: usize) -> Option<Bytes> {
+    let (data, values) = match page {
+        Page::DataPage {
             buf,
-            (pad + header) / width,
-            u.rows,
-        )))
-    }
+            num_values,
+            encoding: Encoding::PLAIN,
+            ..
+        }
+        | Page::DataPageV2 {
+            buf,
+            num_values,
+            encoding: Encoding::PLAIN,
+            num_nulls: 0,
+            def_levels_byte_len: 0,
+            rep_levels_byte_len: 0,
+            ..
+        } => (buf, num_values),
+        _ => return None,
+    };
+    (data.len() == values as usize * width).then_some(data)
 }
 
 /// An Arrow buffer as the owner of `Bytes`.
@@ -1416,8 +1392,7 @@ impl parquet::file::reader::ChunkReader for ChunkBytes {
     type T = bytes::buf::Reader<Bytes>;
 
     fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
-        let end = self.start + self.bytes.len() as u64;
-        let rest = end.saturating_sub(start);
+        let rest = parquet::file::reader::Length::len(self).saturating_sub(start);
         let len = usize::try_from(rest).unwrap_or(usize::MAX);
         Ok(bytes::Buf::reader(self.range(start, len)?))
     }
@@ -1456,6 +1431,13 @@ mod tests {
     const GROUPS_PER_FILE: usize = 10;
 
     fn write_model(dir: &Path, model_id: i64) -> (PathBuf, i64, u64) {
+        let props = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(GROUP))
+            .build();
+        write_model_with(dir, model_id, props)
+    }
+
+    fn write_model_with(dir: &Path, model_id: i64, props: WriterProperties) -> (PathBuf, i64, u64) {
         let schema = filters_schema(WeightPrecision::F32);
         let n = (LAYERS * FILTERS_PER_LAYER) as usize;
         let first_id = model_id * n as i64;
@@ -1477,9 +1459,6 @@ mod tests {
         }
         let batch = RecordBatch::try_new(Arc::clone(&schema), cols).unwrap();
         let path = dir.join(format!("model-{model_id}.parquet"));
-        let props = WriterProperties::builder()
-            .set_max_row_group_row_count(Some(GROUP))
-            .build();
         let mut w =
             ArrowWriter::try_new(File::create(&path).unwrap(), schema, Some(props)).unwrap();
         w.write(&batch).unwrap();
@@ -1531,6 +1510,39 @@ mod tests {
         let models = MemTable::try_new(schema, vec![vec![models]]).unwrap();
         ctx.register_table("models", Arc::new(models)).unwrap();
         ctx
+    }
+
+    /// Weight chunks of several uncompressed PLAIN pages (as another tool may write
+    /// them) are copied page by page and give the answer of the same rows in
+    /// dictionary-encoded files (parquet-rs's reader); neither is read in place.
+    #[tokio::test]
+    async fn plain_weight_chunks_of_several_pages_are_copied() {
+        let sql = "SELECT model_id, count(*) AS n, sum(w0) AS a, sum(w4) AS b, sum(w8) AS c \
+                   FROM filter_columns GROUP BY model_id ORDER BY model_id";
+        let mut answers = Vec::new();
+        for plain in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let files = (0..MODELS)
+                .map(|m| {
+                    let props = WriterProperties::builder()
+                        .set_max_row_group_row_count(Some(GROUP))
+                        .set_dictionary_enabled(!plain)
+                        .set_data_page_row_count_limit(16)
+                        .set_write_batch_size(16)
+                        .build();
+                    write_model_with(dir.path(), m, props)
+                })
+                .collect();
+            let ctx = new_session(&SessionOptions::default()).unwrap();
+            let table = FilterColumnsTable::from_files(WeightPrecision::F32, files);
+            ctx.register_table("filter_columns", Arc::new(table))
+                .unwrap();
+            let (answer, m) = run(&ctx, sql).await;
+            assert_eq!(m.get("weight_chunks_in_place"), Some(&0), "{m:?}");
+            answers.push(answer);
+        }
+        assert!(answers[0].lines().count() > 4, "{}", answers[0]);
+        assert_eq!(answers[0], answers[1]);
     }
 
     /// The answer of `sql` (pretty-printed) and the summed metrics of its scan.

@@ -314,16 +314,17 @@ impl ExecutionPlan for SemiFilterExec {
         };
         let build_rows = MetricBuilder::new(&self.metrics).global_counter("build_rows");
         let stream = futures::stream::once(async move {
+            // The partition that collects the keys also sets the dynamic filter, once.
             let keys = cell
                 .get_or_try_init(|| async {
-                    KeySet::collect(build, &build_keys, &context, build_rows).await
+                    let keys = KeySet::collect(build, &build_keys, &context, build_rows).await?;
+                    if let Some(filter) = &dynamic_filter {
+                        filter.update(keys.pruning_expr(&probe_keys, &probe.schema())?)?;
+                        filter.mark_complete();
+                    }
+                    Ok::<_, datafusion::error::DataFusionError>(keys)
                 })
                 .await?;
-            if let Some(filter) = &dynamic_filter {
-                // Each partition sets the same expression; the first completes it.
-                filter.update(keys.pruning_expr(&probe_keys, &probe.schema())?)?;
-                filter.mark_complete();
-            }
             // The probe side is started only now, as a hash join does: a scan that
             // opens files lazily then already sees the dynamic filter.
             let input = probe.execute(partition, context)?;
@@ -338,18 +339,6 @@ impl ExecutionPlan for SemiFilterExec {
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             self.schema(),
             stream.boxed(),
-        )))
-    }
-
-    fn reset_state(self: Arc<Self>) -> Result<Arc<dyn ExecutionPlan>> {
-        // A fresh node forgets the collected keys; the dynamic filter is reset by
-        // whoever re-executes the plan.
-        Ok(Arc::new(SemiFilterExec::new(
-            Arc::clone(&self.build),
-            Arc::clone(&self.probe),
-            self.build_keys.clone(),
-            self.probe_keys.clone(),
-            self.dynamic_filter.clone(),
         )))
     }
 
