@@ -281,6 +281,7 @@ pub struct NpyWriter {
 }
 
 const NPY_HEADER_LEN: usize = 128;
+const NPY_BUFFER: usize = 64 << 10;
 
 impl NpyWriter {
     /// Create `path` for an `(N, 9)` array of `descr` (`<f2`, `<f4`, `<f8`).
@@ -290,7 +291,9 @@ impl NpyWriter {
     pub fn create(path: &Path, descr: &'static str) -> Result<NpyWriter> {
         let file = File::create(path).map_err(io("creating", path))?;
         let mut w = NpyWriter {
-            file: BufWriter::with_capacity(1 << 20, file),
+            // Batches (a scan's ~130 KB of filters or more) bypass a buffer this
+            // small and go to the file without a copy; small ones are gathered.
+            file: BufWriter::with_capacity(NPY_BUFFER, file),
             path: path.to_path_buf(),
             descr,
             rows: 0,
@@ -380,6 +383,68 @@ impl NpyWriter {
         Ok(self.rows)
     }
 }
+
+/// A sink that writes on a thread of its own, behind a queue of `depth` batches.
+///
+/// The npy export's side file encodes its id columns a row group (a million rows) at a
+/// time; on the thread that writes the `.npy` that stalled the weights, and with them
+/// the query, once per row group.
+struct Threaded {
+    tx: Option<std::sync::mpsc::SyncSender<RecordBatch>>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl Threaded {
+    fn spawn(mut sink: Box<dyn BatchSink + Send>, depth: usize) -> Result<Threaded> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<RecordBatch>(depth);
+        let thread = std::thread::Builder::new()
+            .name("filterdb-export".into())
+            .spawn(move || {
+                for batch in rx {
+                    sink.write(&batch)?;
+                }
+                sink.finish()
+            })
+            .map_err(|e| SqlError::Export(format!("starting an export writer: {e}")))?;
+        Ok(Threaded {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Close the queue and wait for the thread: its result.
+    fn join(&mut self) -> Result<()> {
+        self.tx = None;
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .map_err(|_| SqlError::Export("an export writer panicked".into()))?,
+            None => Err(SqlError::Export("an export writer had stopped".into())),
+        }
+    }
+}
+
+impl BatchSink for Threaded {
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        if let Some(tx) = &self.tx
+            && tx.send(batch.clone()).is_ok()
+        {
+            return Ok(());
+        }
+        // The thread stopped on an error: that error is the answer.
+        self.join()?;
+        Err(SqlError::Export(
+            "an export writer stopped before its input ended".into(),
+        ))
+    }
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        self.join()
+    }
+}
+
+/// Batches queued for the npy export's side file: more than a row group's encoding
+/// takes the query to produce (ids are ~24 bytes a row).
+const SIDE_QUEUE: usize = 64;
 
 /// The npy export's two outputs: the weights as `.npy`, the other columns as Parquet.
 struct NpySink {
@@ -503,7 +568,10 @@ pub async fn export_query(
         let side_file = File::create(&side_out.tmp).map_err(io("creating", &side_out.tmp))?;
         let sink = NpySink {
             npy: NpyWriter::create(&npy_out.tmp, descr)?,
-            side: sink_for(ExportFormat::Parquet, side_file, &side_schema, &side_path)?,
+            side: Box::new(Threaded::spawn(
+                sink_for(ExportFormat::Parquet, side_file, &side_schema, &side_path)?,
+                SIDE_QUEUE,
+            )?),
             widx,
             others,
         };
@@ -529,4 +597,82 @@ pub async fn export_query(
         rows,
         files: vec![path.to_path_buf()],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int32Array;
+    use std::sync::Mutex;
+
+    /// Records the batches it is given; fails on the `fail_at`-th, or in `finish`.
+    struct Recording {
+        seen: Arc<Mutex<Vec<i32>>>,
+        fail_at: Option<usize>,
+        fail_finish: bool,
+    }
+    impl BatchSink for Recording {
+        fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+            let mut seen = self.seen.lock().unwrap();
+            if Some(seen.len()) == self.fail_at {
+                return Err(SqlError::Export(format!(
+                    "disk full at batch {}",
+                    seen.len()
+                )));
+            }
+            seen.extend(
+                batch
+                    .column(0)
+                    .as_primitive::<arrow::datatypes::Int32Type>()
+                    .values(),
+            );
+            Ok(())
+        }
+        fn finish(self: Box<Self>) -> Result<()> {
+            if self.fail_finish {
+                return Err(SqlError::Export("closing failed".into()));
+            }
+            Ok(())
+        }
+    }
+
+    fn batch(v: i32) -> RecordBatch {
+        RecordBatch::try_from_iter([("id", Arc::new(Int32Array::from(vec![v])) as ArrayRef)])
+            .unwrap()
+    }
+
+    fn threaded(fail_at: Option<usize>, fail_finish: bool) -> (Threaded, Arc<Mutex<Vec<i32>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = Recording {
+            seen: Arc::clone(&seen),
+            fail_at,
+            fail_finish,
+        };
+        (Threaded::spawn(Box::new(sink), 2).unwrap(), seen)
+    }
+
+    #[test]
+    fn a_threaded_sink_writes_every_batch_in_order() {
+        let (mut t, seen) = threaded(None, false);
+        for v in 0..100 {
+            t.write(&batch(v)).unwrap();
+        }
+        Box::new(t).finish().unwrap();
+        assert_eq!(*seen.lock().unwrap(), (0..100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_threaded_sink_returns_its_thread_s_error() {
+        let (mut t, _) = threaded(Some(3), false);
+        // The queue holds 2 batches: the error comes back within a few writes.
+        let err = (0..10)
+            .find_map(|v| t.write(&batch(v)).err())
+            .expect("the writer's error");
+        assert!(err.to_string().contains("disk full at batch 3"), "{err}");
+
+        let (mut t, _) = threaded(None, true);
+        t.write(&batch(1)).unwrap();
+        let err = Box::new(t).finish().unwrap_err();
+        assert!(err.to_string().contains("closing failed"), "{err}");
+    }
 }

@@ -65,31 +65,62 @@ fn put_zigzag(out: &mut Vec<u8>, v: i64) {
     put_varint(out, ((v << 1) ^ (v >> 63)) as u64);
 }
 
-/// Append `values` (at least one) DELTA_BINARY_PACKED to `out`.
-pub(crate) fn encode<T: DeltaInt>(values: &[T], out: &mut Vec<u8>) {
+/// Append the values of `parts` (at least one value in all), one column in pieces,
+/// DELTA_BINARY_PACKED to `out`. The pieces are the arrays of the batches that make up
+/// a row group: encoding them where they are saves gathering them into one fresh
+/// buffer per column (its pages zeroed by the kernel for every row group).
+pub(crate) fn encode<T: DeltaInt>(parts: &[&[T]], out: &mut Vec<u8>) {
+    let count: usize = parts.iter().map(|p| p.len()).sum();
+    let mut values = parts.iter().flat_map(|p| p.iter().copied());
+    let first = values.next().unwrap_or_default();
     put_varint(out, BLOCK as u64);
     put_varint(out, MINIS as u64);
-    put_varint(out, values.len() as u64);
-    put_zigzag(out, values.first().map_or(0, |v| v.to_i64()));
+    put_varint(out, count as u64);
+    put_zigzag(out, first.to_i64());
     let mut deltas = [T::default(); BLOCK];
-    // Each block's deltas are those of `values[start - 1..start + BLOCK]`.
-    for start in (1..values.len()).step_by(BLOCK) {
-        let window = &values[start - 1..values.len().min(start + BLOCK)];
-        let m = window.len() - 1;
-        for (d, w) in deltas.iter_mut().zip(window.windows(2)) {
-            *d = w[1].delta(w[0]);
+    let mut m = 0;
+    let mut prev = first;
+    // The first part after its first value, then every later part: each is cut where
+    // blocks end, and a piece's deltas are taken after the value carried before it.
+    let first_part = parts.iter().position(|p| !p.is_empty());
+    for (k, part) in parts.iter().enumerate() {
+        let mut rest = match first_part {
+            Some(f) if k == f => &part[1..],
+            Some(f) if k > f => &part[..],
+            _ => continue,
+        };
+        while !rest.is_empty() {
+            let take = (BLOCK - m).min(rest.len());
+            let (piece, tail) = rest.split_at(take);
+            deltas[m] = piece[0].delta(prev);
+            for (d, w) in deltas[m + 1..m + take].iter_mut().zip(piece.windows(2)) {
+                *d = w[1].delta(w[0]);
+            }
+            prev = piece[take - 1];
+            m += take;
+            rest = tail;
+            if m == BLOCK {
+                block(&deltas, out);
+                m = 0;
+            }
         }
-        let deltas = &deltas[..m];
-        let min = deltas.iter().copied().min().unwrap_or_default();
-        put_zigzag(out, min.to_i64());
-        let widths = out.len();
-        out.extend_from_slice(&[0; MINIS]);
-        for (j, mini) in deltas.chunks(PER_MINI).enumerate() {
-            let bits = mini.iter().fold(0u64, |acc, d| acc | d.offset_from(min));
-            let width = 64 - bits.leading_zeros();
-            out[widths + j] = width as u8;
-            pack(mini, min, width, out);
-        }
+    }
+    if m > 0 {
+        block(&deltas[..m], out);
+    }
+}
+
+/// One block of deltas: its minimum, the miniblocks' bit widths, the packed offsets.
+fn block<T: DeltaInt>(deltas: &[T], out: &mut Vec<u8>) {
+    let min = deltas.iter().copied().min().unwrap_or_default();
+    put_zigzag(out, min.to_i64());
+    let widths = out.len();
+    out.extend_from_slice(&[0; MINIS]);
+    for (j, mini) in deltas.chunks(PER_MINI).enumerate() {
+        let bits = mini.iter().fold(0u64, |acc, d| acc | d.offset_from(min));
+        let width = 64 - bits.leading_zeros();
+        out[widths + j] = width as u8;
+        pack(mini, min, width, out);
     }
 }
 
@@ -185,9 +216,28 @@ mod tests {
                 prop_oneof![any::<i32>(), -3..3i32, Just(i32::MIN), Just(i32::MAX)], 1..700)
         ) {
             let mut out = Vec::new();
-            encode(&values, &mut out);
+            encode(&[&values], &mut out);
             let want: Vec<i64> = values.iter().map(|&v| i64::from(v)).collect();
             prop_assert_eq!(decode(&out, 32), want);
+        }
+
+        #[test]
+        fn parts_encode_as_their_concatenation(
+            values in prop::collection::vec(-5..5i32, 1..700),
+            cuts in prop::collection::vec(0..700usize, 0..6),
+        ) {
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (values.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut parts: Vec<&[i32]> = Vec::new();
+            let mut at = 0;
+            for c in cuts.into_iter().chain([values.len()]) {
+                parts.push(&values[at..c]);
+                at = c;
+            }
+            let (mut whole, mut pieces) = (Vec::new(), Vec::new());
+            encode(&[&values], &mut whole);
+            encode(&parts, &mut pieces);
+            prop_assert_eq!(pieces, whole);
         }
 
         #[test]
@@ -195,7 +245,7 @@ mod tests {
             values in prop::collection::vec(prop_oneof![any::<i64>(), -3..3i64], 1..400)
         ) {
             let mut out = Vec::new();
-            encode(&values, &mut out);
+            encode(&[&values], &mut out);
             prop_assert_eq!(decode(&out, 64), values);
         }
     }
@@ -204,12 +254,12 @@ mod tests {
     fn runs_take_a_few_bytes_per_block() {
         let values: Vec<i32> = vec![7; 1 + 10 * BLOCK];
         let mut out = Vec::new();
-        encode(&values, &mut out);
+        encode(&[&values], &mut out);
         // header (2 + 1 + 2 + 1 bytes), then per block: min delta 0 and four zero widths
         assert_eq!(out.len(), 6 + 10 * (1 + MINIS));
         let counting: Vec<i32> = (0..1 + BLOCK as i32).collect();
         let mut out = Vec::new();
-        encode(&counting, &mut out);
+        encode(&[&counting], &mut out);
         assert_eq!(out, [128, 1, 4, 129, 1, 0, 2, 0, 0, 0, 0]);
     }
 }

@@ -343,16 +343,22 @@ fn raw_int_chunk(
     let mut body = Vec::new();
     let (rows, statistics) = match (field.data_type(), descr.physical_type()) {
         (DataType::Int32, PhysicalType::INT32) => {
-            let v = gather::<Int32Type>(arrays);
+            let v = parts::<Int32Type>(arrays);
             delta::encode(&v, &mut body);
-            let (min, max) = bounds(&v);
-            (v.len(), Statistics::int32(min, max, None, Some(0), false))
+            let (min, max) = bounds_of_parts(&v);
+            (
+                rows_of(&v),
+                Statistics::int32(min, max, None, Some(0), false),
+            )
         }
         (DataType::Int64, PhysicalType::INT64) => {
-            let v = gather::<Int64Type>(arrays);
+            let v = parts::<Int64Type>(arrays);
             delta::encode(&v, &mut body);
-            let (min, max) = bounds(&v);
-            (v.len(), Statistics::int64(min, max, None, Some(0), false))
+            let (min, max) = bounds_of_parts(&v);
+            (
+                rows_of(&v),
+                Statistics::int64(min, max, None, Some(0), false),
+            )
         }
         _ => return Ok(None),
     };
@@ -397,13 +403,26 @@ fn raw_int_chunk(
     chunk.write(page, descr).map(Some)
 }
 
-/// The values of `arrays` (primitive, without NULLs) in one vector.
-fn gather<T: ArrowPrimitiveType>(arrays: &[&ArrayRef]) -> Vec<T::Native> {
-    let mut v = Vec::with_capacity(arrays.iter().map(|a| a.len()).sum());
-    for a in arrays {
-        v.extend_from_slice(a.as_primitive::<T>().values());
-    }
-    v
+/// The values of `arrays` (primitive, without NULLs), one slice per array.
+fn parts<'a, T: ArrowPrimitiveType>(arrays: &[&'a ArrayRef]) -> Vec<&'a [T::Native]> {
+    arrays
+        .iter()
+        .map(|a| a.as_primitive::<T>().values().as_ref())
+        .collect()
+}
+
+fn rows_of<T>(parts: &[&[T]]) -> usize {
+    parts.iter().map(|p| p.len()).sum()
+}
+
+/// [`bounds`] over a column in pieces.
+fn bounds_of_parts<T: Ord + Copy>(parts: &[&[T]]) -> (Option<T>, Option<T>) {
+    parts
+        .iter()
+        .map(|p| bounds(p))
+        .fold((None, None), |(lo, hi), (l, h)| {
+            (lo.into_iter().chain(l).min(), hi.into_iter().chain(h).max())
+        })
 }
 
 /// The chunk's min and max, as the generic writer records them (one pass, in lanes of
@@ -567,9 +586,12 @@ mod tests {
     /// few bytes.
     #[test]
     fn int_chunks_have_statistics() {
-        let (schema, input) = batches(&[3000], None);
+        // One row group from three batches: the chunks are encoded from the pieces.
+        let (schema, input) = batches(&[1000, 1, 1999], None);
         let mut w = RawParquetWriter::try_new(Vec::new(), &schema).unwrap();
-        w.write(&input[0]).unwrap();
+        for b in &input {
+            w.write(b).unwrap();
+        }
         let bytes = Bytes::from(w.finish().unwrap());
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap();
         let rg = reader.metadata().row_group(0);
@@ -594,8 +616,11 @@ mod tests {
         // consecutive ids: five bytes per block of 128 before zstd
         assert!(id.uncompressed_size() < 300, "{}", id.uncompressed_size());
         let k = col("k");
-        let v = input[0].column(6).as_primitive::<Int32Type>();
-        let (min, max) = bounds(v.values());
+        let v: Vec<i32> = input
+            .iter()
+            .flat_map(|b| b.column(6).as_primitive::<Int32Type>().values().to_vec())
+            .collect();
+        let (min, max) = (v.iter().min().copied(), v.iter().max().copied());
         assert_eq!(
             k.statistics(),
             Some(&Statistics::int32(min, max, None, Some(0), false))
