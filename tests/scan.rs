@@ -322,8 +322,8 @@ fn files_in_another_layout_read_the_same() {
     assert_eq!(before, after);
 }
 
-/// The store's weight chunks (one PLAIN page each) are read with one `pread` into the
-/// buffer the array keeps, for both precisions; `files_in_another_layout_read_the_same`
+/// The store's weight chunks (one PLAIN page each, values aligned) are used where the
+/// file is mapped, for both precisions; `files_in_another_layout_read_the_same`
 /// checks the answers against files that take the page-by-page path.
 #[test]
 fn weight_pages_are_used_where_read() {
@@ -334,6 +334,12 @@ fn weight_pages_are_used_where_read() {
         assert!(m["row_groups_scanned"] > 0, "{m:?}");
         assert_eq!(
             m["weight_chunks_in_place"],
+            9 * m["row_groups_scanned"],
+            "{precision}: {m:?}"
+        );
+        // The store writes the values aligned, so every chunk is used where it is mapped.
+        assert_eq!(
+            m["weight_chunks_mapped"],
             9 * m["row_groups_scanned"],
             "{precision}: {m:?}"
         );

@@ -982,6 +982,7 @@ impl ExecutionPlan for FilterScanExec {
             files_pruned: metric("files_pruned_dynamic"),
             row_groups_pruned: metric("row_groups_pruned_dynamic"),
             in_place: metric("weight_chunks_in_place"),
+            mapped: metric("weight_chunks_mapped"),
             rows: MetricBuilder::new(&self.metrics).output_rows(partition),
         };
         // Reading starts when the stream is first polled, not here: a hash join polls
@@ -1039,6 +1040,8 @@ struct PartitionReader {
     row_groups_pruned: Count,
     /// Weight chunks whose page was used where it was read (`read_plain_weights`).
     in_place: Count,
+    /// Of those, the ones used where the file is mapped.
+    mapped: Count,
     rows: Count,
 }
 
@@ -1135,12 +1138,25 @@ impl PartitionReader {
     /// The projected columns of one row group.
     fn read_row_group(&self, file: &File, u: &Unit) -> Result<Vec<ArrayRef>> {
         let rg = u.file.meta.row_group(u.row_group);
+        // The projected weight chunks, mapped as one range (they are adjacent in files
+        // filterdb writes). The map lives as long as the batches that use it, so memory
+        // stays bounded by the batches in flight, as with reads.
+        let weights = self.projection.iter().filter(|&&c| c >= FIRST_WEIGHT);
+        let (lo, hi) = weights.fold((u64::MAX, 0), |(lo, hi), &c| {
+            let (start, len) = rg.column(c).byte_range();
+            (lo.min(start), hi.max(start + len))
+        });
+        // From a multiple of 8 on, so that a chunk's bytes before its first aligned
+        // address are in the map too.
+        let lo = lo & !7;
+        let map = (lo < hi).then(|| Mapped::new(file, lo, hi - lo)).flatten();
+        let map = map.as_ref();
         let mut columns: Vec<Option<ArrayRef>> = vec![None; self.projection.len()];
         let mut slow: Vec<usize> = Vec::new();
         for (k, &c) in self.projection.iter().enumerate() {
             if c >= FIRST_WEIGHT {
                 let chunk = rg.column(c);
-                if let Some(a) = self.read_plain_weights(file, u, c)? {
+                if let Some(a) = self.read_plain_weights(file, map, u, c)? {
                     self.bytes.add(chunk.compressed_size() as usize);
                     columns[k] = Some(a);
                     continue;
@@ -1244,14 +1260,26 @@ impl PartitionReader {
     }
 
     /// A weight column chunk in the form filterdb writes (uncompressed PLAIN data pages
-    /// without levels), read with one `pread`; `None` when the chunk has any other form.
+    /// without levels), used where it lies when it can be; `None` when the chunk has
+    /// any other form.
     ///
-    /// filterdb writes one page per chunk: its header, then the values. The header's
-    /// length is the chunk's bytes minus the values', so the chunk is read that far
-    /// before an aligned position of the buffer the array keeps, and the values are
-    /// used where they land (`weight_chunks_in_place`). Chunks of several pages (files
-    /// another tool wrote) have their pages copied into one aligned buffer.
-    fn read_plain_weights(&self, file: &File, u: &Unit, c: usize) -> Result<Option<ArrayRef>> {
+    /// filterdb writes one page per chunk: its header, then the values, placed at a
+    /// multiple of the value's width in the file (since session 7; see
+    /// `filterdb_store::OnePageChunk::write_aligned`). The header's length is the
+    /// chunk's bytes minus the values'. Where the values are aligned and the file is
+    /// mapped, the array is the mapped page cache itself (`weight_chunks_mapped`): no
+    /// read, no copy, no fresh memory. Otherwise the chunk is read with one `pread`, that
+    /// far into an aligned buffer that its values land aligned, and used there. Either
+    /// way parquet-rs's page reader checks the page first, and both count as
+    /// `weight_chunks_in_place`. Chunks of several pages (files another tool wrote) have
+    /// their pages copied into one aligned buffer.
+    fn read_plain_weights(
+        &self,
+        file: &File,
+        map: Option<&Mapped>,
+        u: &Unit,
+        c: usize,
+    ) -> Result<Option<ArrayRef>> {
         use std::os::unix::fs::FileExt;
         let chunk = u.file.meta.row_group(u.row_group).column(c);
         let width = match self.precision {
@@ -1266,22 +1294,32 @@ impl PartitionReader {
         }
         let (start, len) = chunk.byte_range();
         let values = u.rows * width;
-        let Some(header) = usize::try_from(len)
-            .ok()
-            .and_then(|l| l.checked_sub(values))
-        else {
+        let (Some(header), Ok(len)) = (
+            usize::try_from(len)
+                .ok()
+                .and_then(|l| l.checked_sub(values)),
+            usize::try_from(len),
+        ) else {
             return Ok(None);
         };
-        let pad = (width - header % width) % width;
-        let mut buf = MutableBuffer::from_len_zeroed(pad + header + values);
-        file.read_exact_at(&mut buf.as_slice_mut()[pad..], start)
-            .map_err(|e| {
-                exec_datafusion_err!("reading filter file {}: {e}", u.file.path.display())
-            })?;
-        let buf: Buffer = buf.into();
+        // `whole` holds the chunk from byte `lead` on, and starts at an aligned address.
+        let mapped = map.and_then(|m| m.chunk(start, len, header, width));
+        let is_mapped = mapped.is_some();
+        let (whole, lead) = match mapped {
+            Some(m) => m,
+            None => {
+                let pad = (width - header % width) % width;
+                let mut buf = MutableBuffer::from_len_zeroed(pad + len);
+                file.read_exact_at(&mut buf.as_slice_mut()[pad..], start)
+                    .map_err(|e| {
+                        exec_datafusion_err!("reading filter file {}: {e}", u.file.path.display())
+                    })?;
+                (Buffer::from(buf), pad)
+            }
+        };
         let bytes = ChunkBytes {
             start,
-            bytes: Bytes::from_owner(ArrowBytes(buf.slice(pad))),
+            bytes: Bytes::from_owner(ArrowBytes(whole.slice(lead))),
         };
         let mut pages = SerializedPageReader::new(Arc::new(bytes), chunk, u.rows, None)?;
         let mut data: Vec<Bytes> = Vec::with_capacity(1);
@@ -1295,12 +1333,15 @@ impl PartitionReader {
             return Ok(None);
         }
         if let [only] = &data[..]
-            && only.as_ptr() == buf.as_ptr().wrapping_add(pad + header)
+            && only.as_ptr() == whole.as_ptr().wrapping_add(lead + header)
         {
             self.in_place.add(1);
+            if is_mapped {
+                self.mapped.add(1);
+            }
             return Ok(Some(self.weights_array(
-                buf,
-                (pad + header) / width,
+                whole,
+                (lead + header) / width,
                 u.rows,
             )));
         }
@@ -1356,6 +1397,65 @@ struct ArrowBytes(Buffer);
 impl AsRef<[u8]> for ArrowBytes {
     fn as_ref(&self) -> &[u8] {
         self.0.as_slice()
+    }
+}
+
+/// A range of a filter file mapped into memory, to use its weight chunks where they
+/// lie.
+///
+/// Sound as long as nobody truncates or rewrites the file while it is mapped: store
+/// files are written once under a temporary name and renamed into place, never
+/// changed after, and removed only by `vacuum` (removing a mapped file keeps its pages
+/// until they are unmapped). Someone who truncates a store file by hand during a query
+/// gets SIGBUS, as with any tool that maps Parquet files.
+#[derive(Clone)]
+struct Mapped {
+    map: Arc<memmap2::Mmap>,
+    /// The file offset of the map's first byte.
+    start: u64,
+}
+
+impl Mapped {
+    /// Bytes `start..start + len` of `file`; `None` where mapping fails (the scan then
+    /// reads the file).
+    fn new(file: &File, start: u64, len: u64) -> Option<Mapped> {
+        let len = usize::try_from(len).ok()?;
+        // SAFETY: store files are immutable once renamed into place (see above).
+        let map = unsafe { memmap2::MmapOptions::new().offset(start).len(len).map(file) }.ok()?;
+        Some(Mapped {
+            map: Arc::new(map),
+            start,
+        })
+    }
+
+    /// The chunk at file offset `first`, `len` bytes, as a buffer that starts at an
+    /// aligned address and the chunk's offset in it, when its values (`header` bytes
+    /// in) start at a multiple of `width` in the file and the chunk is in the map.
+    /// (The map places each byte at an address congruent to its file offset modulo
+    /// the page size.)
+    fn chunk(
+        &self,
+        first: u64,
+        len: usize,
+        header: usize,
+        width: usize,
+    ) -> Option<(Buffer, usize)> {
+        let at = usize::try_from(first.checked_sub(self.start)?).ok()?;
+        let lead = (first % width as u64) as usize;
+        if !(lead + header).is_multiple_of(width)
+            || at < lead
+            || at.checked_add(len)? > self.map.len()
+        {
+            return None;
+        }
+        let bytes = Bytes::from_owner(self.clone()).slice(at - lead..at + len);
+        Some((Buffer::from(bytes), lead))
+    }
+}
+
+impl AsRef<[u8]> for Mapped {
+    fn as_ref(&self) -> &[u8] {
+        &self.map
     }
 }
 
@@ -1539,6 +1639,51 @@ mod tests {
                 .unwrap();
             let (answer, m) = run(&ctx, sql).await;
             assert_eq!(m.get("weight_chunks_in_place"), Some(&0), "{m:?}");
+            answers.push(answer);
+        }
+        assert!(answers[0].lines().count() > 4, "{}", answers[0]);
+        assert_eq!(answers[0], answers[1]);
+    }
+
+    /// Chunks of one PLAIN page are used where they lie: mapped where their values are
+    /// aligned in the file, else read into an aligned buffer. Files written by
+    /// parquet-rs (page headers of any length) give both; the answers equal those of
+    /// dictionary-encoded files, which are decoded.
+    #[tokio::test]
+    async fn single_page_chunks_are_used_mapped_or_read_in_place() {
+        let sql = "SELECT model_id, count(*), sum(w0), sum(w1), sum(w2), sum(w3), sum(w4), \
+                   sum(w5), sum(w6), sum(w7), sum(w8) \
+                   FROM filter_columns GROUP BY model_id ORDER BY model_id";
+        let mut answers = Vec::new();
+        for plain in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let files = (0..MODELS)
+                .map(|m| {
+                    // Compressed ids move the weight chunks to offsets of any kind.
+                    let props = WriterProperties::builder()
+                        .set_max_row_group_row_count(Some(GROUP))
+                        .set_dictionary_enabled(!plain)
+                        .set_column_compression(
+                            parquet::schema::types::ColumnPath::from("filter_id"),
+                            Compression::SNAPPY,
+                        )
+                        .build();
+                    write_model_with(dir.path(), m, props)
+                })
+                .collect();
+            let ctx = new_session(&SessionOptions::default()).unwrap();
+            let table = FilterColumnsTable::from_files(WeightPrecision::F32, files);
+            ctx.register_table("filter_columns", Arc::new(table))
+                .unwrap();
+            let (answer, m) = run(&ctx, sql).await;
+            let chunks = 9 * MODELS as usize * GROUPS_PER_FILE;
+            if plain {
+                assert_eq!(m["weight_chunks_in_place"], chunks, "{m:?}");
+                let mapped = m["weight_chunks_mapped"];
+                assert!(mapped > 0 && mapped < chunks, "{m:?}");
+            } else {
+                assert_eq!(m["weight_chunks_in_place"], 0, "{m:?}");
+            }
             answers.push(answer);
         }
         assert!(answers[0].lines().count() > 4, "{}", answers[0]);

@@ -410,17 +410,24 @@ impl RowGroupEncoder {
             .create_column_writers(self.row_groups)
             .map_err(perr)?;
         encode_columns(&mut writers, &ids, &self.schema, 0).map_err(perr)?;
+        // Where the next chunk starts in the file: chunks are written back to back.
+        let mut at = self.writer.bytes_written() as u64;
         let mut rg = self.writer.next_row_group().map_err(perr)?;
         for w in writers {
-            w.close()
-                .map_err(perr)?
-                .append_to_row_group(&mut rg)
-                .map_err(perr)?;
+            let chunk = w.close().map_err(perr)?;
+            at += chunk.close().metadata.compressed_size() as u64;
+            chunk.append_to_row_group(&mut rg).map_err(perr)?;
         }
+        let width = size_of::<T::Native>();
         for (j, col) in buf.weights.iter().enumerate() {
-            let (bytes, close) =
-                raw_plain_chunk(col.to_byte_slice(), n, self.descr.column(ids.len() + j))
-                    .map_err(perr)?;
+            let (bytes, close) = raw_plain_chunk(
+                col.to_byte_slice(),
+                n,
+                self.descr.column(ids.len() + j),
+                Some((at, width)),
+            )
+            .map_err(perr)?;
+            at += bytes.len() as u64;
             rg.append_column(&bytes, close).map_err(perr)?;
         }
         rg.close().map_err(perr)?;
@@ -452,10 +459,15 @@ fn encode_columns(
 
 /// One column chunk holding one PLAIN, uncompressed data page (v2) of `n` required
 /// values whose encoded form is `values` (little-endian fixed-width values).
+///
+/// With `align = Some((at, width))` the chunk is to be written at file offset `at`, and
+/// its page header is lengthened so that the values start at a multiple of `width`
+/// (see [`OnePageChunk::write_aligned`]).
 fn raw_plain_chunk(
     values: &[u8],
     n: usize,
     descr: parquet::schema::types::ColumnDescPtr,
+    align: Option<(u64, usize)>,
 ) -> parquet::errors::Result<(Bytes, ColumnCloseResult)> {
     let count = u32::try_from(n).map_err(|_| {
         parquet::errors::ParquetError::General(format!("{n} rows do not fit one page"))
@@ -471,7 +483,17 @@ fn raw_plain_chunk(
         is_compressed: false,
         statistics: None,
     };
-    single_page_chunk(page, n, vec![Encoding::PLAIN], descr)
+    let chunk = OnePageChunk {
+        uncompressed: values.len(),
+        rows: n,
+        encodings: vec![Encoding::PLAIN],
+        compression: Compression::UNCOMPRESSED,
+        statistics: None,
+    };
+    match align {
+        Some((at, width)) => chunk.write_aligned(page, descr, at, width),
+        None => chunk.write(page, descr),
+    }
 }
 
 /// A column chunk whose only page is `page` (uncompressed, without statistics) holding
@@ -526,6 +548,36 @@ impl OnePageChunk {
         page: Page,
         descr: parquet::schema::types::ColumnDescPtr,
     ) -> parquet::errors::Result<(Bytes, ColumnCloseResult)> {
+        self.write_at(page, descr, None)
+    }
+
+    /// [`OnePageChunk::write`] for a chunk that will be written at file offset `at`:
+    /// the page header is lengthened by up to `width - 1` bytes so that the values
+    /// start at a multiple of `width` in the file, where a reader can use them in
+    /// place (mapped, or read into an aligned buffer) as an Arrow array. Thrift's
+    /// compact protocol writes a field header in a short form (the field id as a
+    /// delta from the last one) or a long form (one byte longer, the id in full), and
+    /// every reader decodes both: the header's first fields are written in the long
+    /// form. A header that does not begin as expected is left as it is.
+    ///
+    /// # Errors
+    /// Parquet errors writing the page header.
+    pub fn write_aligned(
+        self,
+        page: Page,
+        descr: parquet::schema::types::ColumnDescPtr,
+        at: u64,
+        width: usize,
+    ) -> parquet::errors::Result<(Bytes, ColumnCloseResult)> {
+        self.write_at(page, descr, Some((at, width)))
+    }
+
+    fn write_at(
+        self,
+        page: Page,
+        descr: parquet::schema::types::ColumnDescPtr,
+        align: Option<(u64, usize)>,
+    ) -> parquet::errors::Result<(Bytes, ColumnCloseResult)> {
         let num_values = i64::from(page.num_values());
         let stored = page.buffer().len() as i64;
         let mut sink = TrackedWrite::new(Vec::with_capacity(page.buffer().len() + 64));
@@ -534,7 +586,15 @@ impl OnePageChunk {
             pw.write_page(CompressedPage::new(page, self.uncompressed))?;
             pw.close()?;
         }
-        let bytes = sink.into_inner()?;
+        let mut bytes = sink.into_inner()?;
+        if let Some((at, width)) = align.filter(|&(_, w)| w > 1) {
+            let header = bytes.len() - stored as usize;
+            let pad = (width - ((at % width as u64) as usize + header) % width) % width;
+            if let Some(mut longer) = lengthen_page_header(&bytes[..header], pad) {
+                longer.extend_from_slice(&bytes[header..]);
+                bytes = longer;
+            }
+        }
         let len = bytes.len() as i64;
         // One page covering every row; offsets are relative to the chunk and rewritten
         // by `append_column`. (The file writer needs an offset index for every column
@@ -565,6 +625,40 @@ impl OnePageChunk {
             },
         ))
     }
+}
+
+/// A serialized Thrift (compact protocol) `PageHeader` made `pad` bytes longer, by
+/// writing the field headers of its first `pad` fields (`type`,
+/// `uncompressed_page_size`, `compressed_page_size`: field ids 1, 2, 3, all i32) in the
+/// long form: the type byte with a zero delta, then the field id as a zigzag varint.
+/// `None` when `pad` is over 3 or the header does not start with those three fields in
+/// the short form.
+fn lengthen_page_header(header: &[u8], pad: usize) -> Option<Vec<u8>> {
+    const SHORT_I32_NEXT_FIELD: u8 = 0x15; // delta 1, type i32 (5)
+    const LONG_I32: u8 = 0x05; // delta 0: the field id follows
+    if pad == 0 || pad > 3 {
+        return (pad == 0).then(|| header.to_vec());
+    }
+    let mut out = Vec::with_capacity(header.len() + pad);
+    let mut at = 0;
+    for field in 1..=3u8 {
+        if *header.get(at)? != SHORT_I32_NEXT_FIELD {
+            return None;
+        }
+        let long = usize::from(field) <= pad;
+        if long {
+            out.extend_from_slice(&[LONG_I32, field << 1]);
+        } else {
+            out.push(SHORT_I32_NEXT_FIELD);
+        }
+        at += 1;
+        // the field's value: a varint
+        let len = header.get(at..)?.iter().position(|b| b & 0x80 == 0)? + 1;
+        out.extend_from_slice(&header[at..at + len]);
+        at += len;
+    }
+    out.extend_from_slice(&header[at..]);
+    Some(out)
 }
 
 fn check_size(model: &str, tensor: &str, w: &KernelData<'_>, out: usize, inp: usize) -> Result<()> {
@@ -1029,6 +1123,22 @@ mod tests {
             let reader =
                 ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap()).unwrap();
             assert_eq!(reader.metadata().num_row_groups(), 3);
+            // Every weight chunk's values start at a multiple of the value's width.
+            let width = match precision {
+                Precision::F16 => 2,
+                Precision::F32 => 4,
+            };
+            for rg in reader.metadata().row_groups() {
+                for c in &rg.columns()[5..] {
+                    let (start, len) = c.byte_range();
+                    let header = len - (rg.num_rows() as u64) * width;
+                    assert_eq!(
+                        (start + header) % width,
+                        0,
+                        "{precision:?} chunk at {start}"
+                    );
+                }
+            }
             let mut got = Vec::new();
             let mut ids = Vec::new();
             for batch in reader.build().unwrap() {
@@ -1066,5 +1176,73 @@ mod tests {
             assert_eq!(ids[300_000].2, 1);
             assert_eq!(ids[(n - 1) as usize].2, 2);
         }
+    }
+
+    #[test]
+    fn page_headers_are_lengthened_in_thrift_s_long_form() {
+        let page = Page::DataPageV2 {
+            buf: Bytes::from(vec![7u8; 18]),
+            num_values: 2,
+            encoding: Encoding::PLAIN,
+            num_nulls: 0,
+            num_rows: 2,
+            def_levels_byte_len: 0,
+            rep_levels_byte_len: 0,
+            is_compressed: false,
+            statistics: None,
+        };
+        let schema = ArrowSchemaConverter::new()
+            .convert(&filters_schema(Precision::F16))
+            .unwrap();
+        let descr = schema.column(ID_COLUMNS);
+        let chunk = || OnePageChunk {
+            uncompressed: 18,
+            rows: 2,
+            encodings: vec![Encoding::PLAIN],
+            compression: Compression::UNCOMPRESSED,
+            statistics: None,
+        };
+        let (plain, _) = chunk().write(page.clone(), Arc::clone(&descr)).unwrap();
+        let header = plain.len() - 18;
+        for width in [2usize, 4, 8] {
+            for at in 0..8u64 {
+                let (bytes, close) = chunk()
+                    .write_aligned(page.clone(), Arc::clone(&descr), at, width)
+                    .unwrap();
+                let pad = bytes.len() - plain.len();
+                assert!(pad < width.min(4), "width {width} at {at}: {pad}");
+                if width <= 4 {
+                    assert_eq!(
+                        (at as usize + bytes.len() - 18) % width,
+                        0,
+                        "width {width} at {at}"
+                    );
+                }
+                assert_eq!(close.metadata.compressed_size(), bytes.len() as i64);
+                // The same values follow, and parquet-rs decodes the longer header.
+                assert_eq!(&bytes[header + pad..], &plain[header..]);
+                let mut pages = parquet::file::serialized_reader::SerializedPageReader::new(
+                    Arc::new(bytes.clone()),
+                    &close.metadata,
+                    2,
+                    None,
+                )
+                .unwrap();
+                let got = parquet::column::page::PageReader::get_next_page(&mut pages)
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(got.buffer().as_ref(), &[7u8; 18][..]);
+                assert_eq!(got.num_values(), 2);
+            }
+        }
+        // Headers of another shape are left alone.
+        assert_eq!(
+            lengthen_page_header(&[0x16, 0x02, 0x15, 0x04, 0x15, 0x06, 0], 1),
+            None
+        );
+        assert_eq!(
+            lengthen_page_header(&[0x15, 0x86, 0x01, 0x15, 0x04, 0x15, 0x06, 0], 2).unwrap(),
+            [0x05, 0x02, 0x86, 0x01, 0x05, 0x04, 0x04, 0x15, 0x06, 0]
+        );
     }
 }
