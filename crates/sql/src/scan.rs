@@ -1612,6 +1612,33 @@ mod tests {
         ctx
     }
 
+    /// The answer and scan metrics of `sql` over the test models written with
+    /// `props(true)` (PLAIN weights), then with `props(false)` (dictionary-encoded
+    /// weights, decoded by parquet-rs's reader); the two answers must be equal.
+    async fn plain_and_dictionary(
+        sql: &str,
+        props: impl Fn(bool) -> WriterProperties,
+    ) -> [BTreeMap<String, usize>; 2] {
+        let mut answers = Vec::new();
+        let mut metrics = Vec::new();
+        for plain in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let files = (0..MODELS)
+                .map(|m| write_model_with(dir.path(), m, props(plain)))
+                .collect();
+            let ctx = new_session(&SessionOptions::default()).unwrap();
+            let table = FilterColumnsTable::from_files(WeightPrecision::F32, files);
+            ctx.register_table("filter_columns", Arc::new(table))
+                .unwrap();
+            let (answer, m) = run(&ctx, sql).await;
+            answers.push(answer);
+            metrics.push(m);
+        }
+        assert!(answers[0].lines().count() > 4, "{}", answers[0]);
+        assert_eq!(answers[0], answers[1]);
+        metrics.try_into().unwrap()
+    }
+
     /// Weight chunks of several uncompressed PLAIN pages (as another tool may write
     /// them) are copied page by page and give the answer of the same rows in
     /// dictionary-encoded files (parquet-rs's reader); neither is read in place.
@@ -1619,30 +1646,18 @@ mod tests {
     async fn plain_weight_chunks_of_several_pages_are_copied() {
         let sql = "SELECT model_id, count(*) AS n, sum(w0) AS a, sum(w4) AS b, sum(w8) AS c \
                    FROM filter_columns GROUP BY model_id ORDER BY model_id";
-        let mut answers = Vec::new();
-        for plain in [true, false] {
-            let dir = tempfile::tempdir().unwrap();
-            let files = (0..MODELS)
-                .map(|m| {
-                    let props = WriterProperties::builder()
-                        .set_max_row_group_row_count(Some(GROUP))
-                        .set_dictionary_enabled(!plain)
-                        .set_data_page_row_count_limit(16)
-                        .set_write_batch_size(16)
-                        .build();
-                    write_model_with(dir.path(), m, props)
-                })
-                .collect();
-            let ctx = new_session(&SessionOptions::default()).unwrap();
-            let table = FilterColumnsTable::from_files(WeightPrecision::F32, files);
-            ctx.register_table("filter_columns", Arc::new(table))
-                .unwrap();
-            let (answer, m) = run(&ctx, sql).await;
+        let metrics = plain_and_dictionary(sql, |plain| {
+            WriterProperties::builder()
+                .set_max_row_group_row_count(Some(GROUP))
+                .set_dictionary_enabled(!plain)
+                .set_data_page_row_count_limit(16)
+                .set_write_batch_size(16)
+                .build()
+        })
+        .await;
+        for m in metrics {
             assert_eq!(m.get("weight_chunks_in_place"), Some(&0), "{m:?}");
-            answers.push(answer);
         }
-        assert!(answers[0].lines().count() > 4, "{}", answers[0]);
-        assert_eq!(answers[0], answers[1]);
     }
 
     /// Chunks of one PLAIN page are used where they lie: mapped where their values are
@@ -1654,40 +1669,23 @@ mod tests {
         let sql = "SELECT model_id, count(*), sum(w0), sum(w1), sum(w2), sum(w3), sum(w4), \
                    sum(w5), sum(w6), sum(w7), sum(w8) \
                    FROM filter_columns GROUP BY model_id ORDER BY model_id";
-        let mut answers = Vec::new();
-        for plain in [true, false] {
-            let dir = tempfile::tempdir().unwrap();
-            let files = (0..MODELS)
-                .map(|m| {
-                    // Compressed ids move the weight chunks to offsets of any kind.
-                    let props = WriterProperties::builder()
-                        .set_max_row_group_row_count(Some(GROUP))
-                        .set_dictionary_enabled(!plain)
-                        .set_column_compression(
-                            parquet::schema::types::ColumnPath::from("filter_id"),
-                            Compression::SNAPPY,
-                        )
-                        .build();
-                    write_model_with(dir.path(), m, props)
-                })
-                .collect();
-            let ctx = new_session(&SessionOptions::default()).unwrap();
-            let table = FilterColumnsTable::from_files(WeightPrecision::F32, files);
-            ctx.register_table("filter_columns", Arc::new(table))
-                .unwrap();
-            let (answer, m) = run(&ctx, sql).await;
-            let chunks = 9 * MODELS as usize * GROUPS_PER_FILE;
-            if plain {
-                assert_eq!(m["weight_chunks_in_place"], chunks, "{m:?}");
-                let mapped = m["weight_chunks_mapped"];
-                assert!(mapped > 0 && mapped < chunks, "{m:?}");
-            } else {
-                assert_eq!(m["weight_chunks_in_place"], 0, "{m:?}");
-            }
-            answers.push(answer);
-        }
-        assert!(answers[0].lines().count() > 4, "{}", answers[0]);
-        assert_eq!(answers[0], answers[1]);
+        let [plain, dictionary] = plain_and_dictionary(sql, |plain| {
+            // Compressed ids move the weight chunks to offsets of any kind.
+            WriterProperties::builder()
+                .set_max_row_group_row_count(Some(GROUP))
+                .set_dictionary_enabled(!plain)
+                .set_column_compression(
+                    parquet::schema::types::ColumnPath::from("filter_id"),
+                    Compression::SNAPPY,
+                )
+                .build()
+        })
+        .await;
+        let chunks = 9 * MODELS as usize * GROUPS_PER_FILE;
+        assert_eq!(plain["weight_chunks_in_place"], chunks, "{plain:?}");
+        let mapped = plain["weight_chunks_mapped"];
+        assert!(mapped > 0 && mapped < chunks, "{plain:?}");
+        assert_eq!(dictionary["weight_chunks_in_place"], 0, "{dictionary:?}");
     }
 
     /// The answer of `sql` (pretty-printed) and the summed metrics of its scan.
