@@ -467,8 +467,12 @@ impl BatchSink for NpySink {
     }
 }
 
-/// Batches queued between a query and its writer thread (a few MB of filters).
-const WRITE_QUEUE: usize = 16;
+/// Batches queued between a query and its writer thread: about a million filters
+/// (~20 MB of float16 weights), so the query keeps going while the writer encodes a
+/// row group (a Parquet export's id chunks, a million rows at a time). With 16 the
+/// query waited: paired Parquet exports of 24M filters took 0.78-0.87 of the time with
+/// 128, npy exports 0.92, for 40-80 MiB more peak memory.
+const WRITE_QUEUE: usize = 128;
 
 /// Run `stream` into `sink`, which writes on a thread of its own so that the query's
 /// workers never wait for the file's writes (the copies into the page cache were a
