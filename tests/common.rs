@@ -74,6 +74,16 @@ pub fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 test path")
 }
 
+/// The repository's root, from the `CARGO_MANIFEST_DIR` cargo gives the test process
+/// (`crates/cli`). The value compiled in with `env!` is that of the checkout the binary
+/// was built in, which one target directory shared by several checkouts (a CI clone
+/// and a working copy) does not rebuild for: tests then read another checkout's files.
+pub fn repo_root() -> PathBuf {
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    crate_dir.join("../..")
+}
+
 /// A folder for the fixtures built once per test run, `filterdb-tests-<pid>` in the
 /// system's temporary folder. Fixtures live in statics, which are never dropped, so
 /// their `TempDir`s never delete themselves; instead, the first call of each run removes

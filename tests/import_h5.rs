@@ -16,12 +16,7 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Float16Type, Float32Type, Int32Type, Int64Type};
 use half::f16;
 
-use crate::common::{fails, ok, query, run, s, tree_state};
-
-const GENERATOR: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../tests/reference/make_h5_fixtures.py"
-);
+use crate::common::{fails, ok, query, repo_root, run, s, tree_state};
 
 /// The fixture folder, generated once per test run; `None` (after a message) when python3
 /// cannot run the generator outside CI.
@@ -47,7 +42,7 @@ fn fixtures() -> Option<&'static Path> {
         let dir = crate::common::fixture_dir();
         let out = dir.path().join("fx");
         let gen_out = Command::new("python3")
-            .arg(GENERATOR)
+            .arg(repo_root().join("tests/reference/make_h5_fixtures.py"))
             .arg(&out)
             .output()
             .expect("running make_h5_fixtures.py");

@@ -143,7 +143,7 @@ async fn session_for(file: &Path) -> SessionContext {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqllogictests() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/slt");
+    let root = crate::common::repo_root().join("tests/slt");
     let mut files = Vec::new();
     slt_files(&root, &mut files);
     assert!(!files.is_empty(), "no .slt files under {}", root.display());

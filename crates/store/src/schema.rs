@@ -176,7 +176,14 @@ mod tests {
     /// `FILTERDB_BLESS=1 cargo test -p filterdb-store` rewrites them.
     #[test]
     fn schema_files_match_the_code() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas");
+        // The crate's folder as cargo gives it to the test process: the value compiled
+        // in is the checkout the binary was built in, which is stale when one target
+        // directory serves several checkouts.
+        let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(
+            || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+            std::path::PathBuf::from,
+        );
+        let dir = crate_dir.join("../../schemas");
         let tables = [
             ("models", models_schema()),
             ("layers", layers_schema()),
