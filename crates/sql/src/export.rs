@@ -384,23 +384,24 @@ impl NpyWriter {
     }
 }
 
-/// A sink that writes on a thread of its own, behind a queue of `depth` batches.
-///
-/// The npy export's side file encodes its id columns a row group (a million rows) at a
-/// time; on the thread that writes the `.npy` that stalled the weights, and with them
-/// the query, once per row group.
+/// A sink that writes on a thread of its own, behind a queue of `depth` batches. Every
+/// export writes through one (see [`drain`]), so the query's workers never wait for
+/// the file's writes; the npy export's side file has a second one, because it encodes
+/// its id columns a row group (a million rows) at a time, and on the thread that
+/// writes the `.npy` that stalled the weights, and with them the query, once per row
+/// group.
 struct Threaded {
-    tx: Option<std::sync::mpsc::SyncSender<RecordBatch>>,
+    tx: Option<tokio::sync::mpsc::Sender<RecordBatch>>,
     thread: Option<std::thread::JoinHandle<Result<()>>>,
 }
 
 impl Threaded {
     fn spawn(mut sink: Box<dyn BatchSink + Send>, depth: usize) -> Result<Threaded> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<RecordBatch>(depth);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<RecordBatch>(depth);
         let thread = std::thread::Builder::new()
             .name("filterdb-export".into())
             .spawn(move || {
-                for batch in rx {
+                while let Some(batch) = rx.blocking_recv() {
                     sink.write(&batch)?;
                 }
                 sink.finish()
@@ -410,6 +411,15 @@ impl Threaded {
             tx: Some(tx),
             thread: Some(thread),
         })
+    }
+
+    /// Queue `batch` from async code; `false` when the thread has stopped (on an error,
+    /// which [`Threaded::join`] returns).
+    async fn send(&self, batch: RecordBatch) -> bool {
+        match &self.tx {
+            Some(tx) => tx.send(batch).await.is_ok(),
+            None => false,
+        }
     }
 
     /// Close the queue and wait for the thread: its result.
@@ -427,7 +437,7 @@ impl Threaded {
 impl BatchSink for Threaded {
     fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         if let Some(tx) = &self.tx
-            && tx.send(batch.clone()).is_ok()
+            && tx.blocking_send(batch.clone()).is_ok()
         {
             return Ok(());
         }
@@ -482,22 +492,15 @@ async fn drain(
     mut stream: SendableRecordBatchStream,
     sink: Box<dyn BatchSink + Send>,
 ) -> Result<u64> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<RecordBatch>(WRITE_QUEUE);
-    let writer = tokio::task::spawn_blocking(move || -> Result<()> {
-        let mut sink = sink;
-        while let Some(batch) = rx.blocking_recv() {
-            sink.write(&batch)?;
-        }
-        sink.finish()
-    });
+    let mut writer = Threaded::spawn(sink, WRITE_QUEUE)?;
     let mut rows = 0u64;
     let mut query = Ok(());
     while let Some(batch) = stream.next().await {
         match batch {
             Ok(b) => {
                 rows += b.num_rows() as u64;
-                // A closed queue means the writer failed: its error is returned below.
-                if tx.send(b).await.is_err() {
+                // A stopped writer failed: its error is returned below.
+                if !writer.send(b).await {
                     break;
                 }
             }
@@ -507,8 +510,8 @@ async fn drain(
             }
         }
     }
-    drop(tx);
-    let written = writer
+    // Waiting for the writer to finish blocks: not on the runtime's workers.
+    let written = tokio::task::spawn_blocking(move || writer.join())
         .await
         .map_err(|e| SqlError::Export(format!("export writer: {e}")))?;
     query?;

@@ -71,8 +71,9 @@ fn put_zigzag(out: &mut Vec<u8>, v: i64) {
 /// buffer per column (its pages zeroed by the kernel for every row group).
 pub(crate) fn encode<T: DeltaInt>(parts: &[&[T]], out: &mut Vec<u8>) {
     let count: usize = parts.iter().map(|p| p.len()).sum();
-    let mut values = parts.iter().flat_map(|p| p.iter().copied());
-    let first = values.next().unwrap_or_default();
+    let mut pieces = parts.iter().copied().skip_while(|p| p.is_empty());
+    let head = pieces.next().unwrap_or_default();
+    let first = head.first().copied().unwrap_or_default();
     put_varint(out, BLOCK as u64);
     put_varint(out, MINIS as u64);
     put_varint(out, count as u64);
@@ -80,15 +81,9 @@ pub(crate) fn encode<T: DeltaInt>(parts: &[&[T]], out: &mut Vec<u8>) {
     let mut deltas = [T::default(); BLOCK];
     let mut m = 0;
     let mut prev = first;
-    // The first part after its first value, then every later part: each is cut where
+    // The first piece after its first value, then every later one: each is cut where
     // blocks end, and a piece's deltas are taken after the value carried before it.
-    let first_part = parts.iter().position(|p| !p.is_empty());
-    for (k, part) in parts.iter().enumerate() {
-        let mut rest = match first_part {
-            Some(f) if k == f => &part[1..],
-            Some(f) if k > f => &part[..],
-            _ => continue,
-        };
+    for mut rest in std::iter::once(head.get(1..).unwrap_or_default()).chain(pieces) {
         while !rest.is_empty() {
             let take = (BLOCK - m).min(rest.len());
             let (piece, tail) = rest.split_at(take);

@@ -343,22 +343,12 @@ fn raw_int_chunk(
     let mut body = Vec::new();
     let (rows, statistics) = match (field.data_type(), descr.physical_type()) {
         (DataType::Int32, PhysicalType::INT32) => {
-            let v = parts::<Int32Type>(arrays);
-            delta::encode(&v, &mut body);
-            let (min, max) = bounds_of_parts(&v);
-            (
-                rows_of(&v),
-                Statistics::int32(min, max, None, Some(0), false),
-            )
+            let (rows, min, max) = encode_ints::<Int32Type>(arrays, &mut body);
+            (rows, Statistics::int32(min, max, None, Some(0), false))
         }
         (DataType::Int64, PhysicalType::INT64) => {
-            let v = parts::<Int64Type>(arrays);
-            delta::encode(&v, &mut body);
-            let (min, max) = bounds_of_parts(&v);
-            (
-                rows_of(&v),
-                Statistics::int64(min, max, None, Some(0), false),
-            )
+            let (rows, min, max) = encode_ints::<Int64Type>(arrays, &mut body);
+            (rows, Statistics::int64(min, max, None, Some(0), false))
         }
         _ => return Ok(None),
     };
@@ -403,26 +393,28 @@ fn raw_int_chunk(
     chunk.write(page, descr).map(Some)
 }
 
-/// The values of `arrays` (primitive, without NULLs), one slice per array.
-fn parts<'a, T: ArrowPrimitiveType>(arrays: &[&'a ArrayRef]) -> Vec<&'a [T::Native]> {
-    arrays
+/// The values of `arrays` (primitive, without NULLs; one column in pieces)
+/// DELTA-encoded into `body`, where they are: their count, min and max.
+fn encode_ints<T>(
+    arrays: &[&ArrayRef],
+    body: &mut Vec<u8>,
+) -> (usize, Option<T::Native>, Option<T::Native>)
+where
+    T: ArrowPrimitiveType,
+    T::Native: delta::DeltaInt,
+{
+    let parts: Vec<&[T::Native]> = arrays
         .iter()
         .map(|a| a.as_primitive::<T>().values().as_ref())
-        .collect()
-}
-
-fn rows_of<T>(parts: &[&[T]]) -> usize {
-    parts.iter().map(|p| p.len()).sum()
-}
-
-/// [`bounds`] over a column in pieces.
-fn bounds_of_parts<T: Ord + Copy>(parts: &[&[T]]) -> (Option<T>, Option<T>) {
-    parts
+        .collect();
+    delta::encode(&parts, body);
+    let (min, max) = parts
         .iter()
         .map(|p| bounds(p))
         .fold((None, None), |(lo, hi), (l, h)| {
             (lo.into_iter().chain(l).min(), hi.into_iter().chain(h).max())
-        })
+        });
+    (parts.iter().map(|p| p.len()).sum(), min, max)
 }
 
 /// The chunk's min and max, as the generic writer records them (one pass, in lanes of
