@@ -1268,8 +1268,8 @@ impl PartitionReader {
     /// `filterdb_store::OnePageChunk::write_aligned`). The header's length is the
     /// chunk's bytes minus the values'. Where the values are aligned and the file is
     /// mapped, the array is the mapped page cache itself (`weight_chunks_mapped`): no
-    /// read, no copy, no fresh memory. Otherwise the chunk is read with one `pread`, that
-    /// far into an aligned buffer that its values land aligned, and used there. Either
+    /// read, no copy, no fresh memory. Otherwise the chunk is read with one `pread` into
+    /// an aligned buffer, placed so that its values land aligned, and used there. Either
     /// way parquet-rs's page reader checks the page first, and both count as
     /// `weight_chunks_in_place`. Chunks of several pages (files another tool wrote) have
     /// their pages copied into one aligned buffer.

@@ -424,7 +424,8 @@ impl RowGroupEncoder {
                 col.to_byte_slice(),
                 n,
                 self.descr.column(ids.len() + j),
-                Some((at, width)),
+                at,
+                width,
             )
             .map_err(perr)?;
             at += bytes.len() as u64;
@@ -458,16 +459,15 @@ fn encode_columns(
 }
 
 /// One column chunk holding one PLAIN, uncompressed data page (v2) of `n` required
-/// values whose encoded form is `values` (little-endian fixed-width values).
-///
-/// With `align = Some((at, width))` the chunk is to be written at file offset `at`, and
-/// its page header is lengthened so that the values start at a multiple of `width`
-/// (see [`OnePageChunk::write_aligned`]).
+/// values whose encoded form is `values` (little-endian values `width` bytes each),
+/// to be written at file offset `at`: its page header is lengthened so that the values
+/// start at a multiple of `width` (see [`OnePageChunk::write_aligned`]).
 fn raw_plain_chunk(
     values: &[u8],
     n: usize,
     descr: parquet::schema::types::ColumnDescPtr,
-    align: Option<(u64, usize)>,
+    at: u64,
+    width: usize,
 ) -> parquet::errors::Result<(Bytes, ColumnCloseResult)> {
     let count = u32::try_from(n).map_err(|_| {
         parquet::errors::ParquetError::General(format!("{n} rows do not fit one page"))
@@ -490,10 +490,7 @@ fn raw_plain_chunk(
         compression: Compression::UNCOMPRESSED,
         statistics: None,
     };
-    match align {
-        Some((at, width)) => chunk.write_aligned(page, descr, at, width),
-        None => chunk.write(page, descr),
-    }
+    chunk.write_aligned(page, descr, at, width)
 }
 
 /// A column chunk whose only page is `page` (uncompressed, without statistics) holding
@@ -587,12 +584,12 @@ impl OnePageChunk {
             pw.close()?;
         }
         let mut bytes = sink.into_inner()?;
-        if let Some((at, width)) = align.filter(|&(_, w)| w > 1) {
+        if let Some((at, width)) = align {
             let header = bytes.len() - stored as usize;
             let pad = (width - ((at % width as u64) as usize + header) % width) % width;
-            if let Some(mut longer) = lengthen_page_header(&bytes[..header], pad) {
-                longer.extend_from_slice(&bytes[header..]);
-                bytes = longer;
+            if let Some(longer) = lengthen_page_header(&bytes[..header], pad) {
+                // in place: the values move up by `pad` within the spare capacity
+                bytes.splice(..header, longer);
             }
         }
         let len = bytes.len() as i64;
@@ -631,13 +628,13 @@ impl OnePageChunk {
 /// writing the field headers of its first `pad` fields (`type`,
 /// `uncompressed_page_size`, `compressed_page_size`: field ids 1, 2, 3, all i32) in the
 /// long form: the type byte with a zero delta, then the field id as a zigzag varint.
-/// `None` when `pad` is over 3 or the header does not start with those three fields in
-/// the short form.
+/// `None` when `pad` is not 1 to 3 (nothing to do, or more than this can add) or the
+/// header does not start with those three fields in the short form.
 fn lengthen_page_header(header: &[u8], pad: usize) -> Option<Vec<u8>> {
     const SHORT_I32_NEXT_FIELD: u8 = 0x15; // delta 1, type i32 (5)
     const LONG_I32: u8 = 0x05; // delta 0: the field id follows
-    if pad == 0 || pad > 3 {
-        return (pad == 0).then(|| header.to_vec());
+    if !(1..=3).contains(&pad) {
+        return None;
     }
     let mut out = Vec::with_capacity(header.len() + pad);
     let mut at = 0;
