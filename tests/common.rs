@@ -143,7 +143,8 @@ pub fn zoo() -> &'static Path {
     p
 }
 
-/// A store of `precision` holding [`zoo`], ingested in manifest order (deterministic ids).
+/// A store of `precision` holding [`zoo`], ingested on one thread (largest file first,
+/// so the ids are deterministic).
 pub fn fixture_store(precision: &str) -> &'static Path {
     static F16: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     static F32: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();

@@ -6,16 +6,16 @@
 //! is an error unless [`IngestOptions::replace`]; the replacing model's report then warns
 //! `duplicate_name`, naming the model it replaced.
 //!
-//! [`ingest_manifest`] reads, normalises and stages models on a rayon pool (staging only
-//! needs `&StoreWriter`), and commits them one at a time, in manifest order, on the
-//! calling thread: each model is its own version, and a failing row does not stop the
-//! others.
+//! [`ingest_manifest`] reads, normalises and stages models on a rayon pool, largest
+//! files first (staging only needs `&StoreWriter`), and commits them one at a time, in
+//! manifest order, on the calling thread: each model is its own version, and a failing
+//! row does not stop the others. Model ids are handed out as models are staged, so
+//! they follow the staging order, not the manifest's.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{PoisonError, RwLock, mpsc};
-
-use rayon::prelude::*;
 
 use filterdb_store::{
     CommitMode, Snapshot, StageOptions, StagedModel, StoreWriter, ValidationReport, Warning,
@@ -512,17 +512,22 @@ fn ingest_jobs(
     std::thread::scope(|scope| {
         let (tx, rx) = mpsc::channel::<(usize, Result<Prepared>)>();
         let lock_ref = &lock;
+        // Largest files first (the longest-processing-time rule): a big model started
+        // last would run alone at the end while the other workers idle. Commits stay
+        // in manifest order; models prepared early wait as staged files.
+        let mut order: Vec<usize> = (0..todo.len()).collect();
+        order.sort_by_key(|&pos| std::cmp::Reverse(todo[pos].bytes));
+        let taken = AtomicUsize::new(0);
         scope.spawn(move || {
-            pool.install(|| {
-                todo.par_iter()
-                    .enumerate()
-                    .for_each_with(tx, |tx, (pos, row)| {
-                        let guard = lock_ref.read().unwrap_or_else(PoisonError::into_inner);
-                        let r = prepare_job(&guard, row, opts);
-                        drop(guard);
-                        // the receiver lives until all senders are gone
-                        let _ = tx.send((pos, r));
-                    });
+            pool.broadcast(|_| {
+                let tx = tx.clone();
+                while let Some(&pos) = order.get(taken.fetch_add(1, Ordering::Relaxed)) {
+                    let guard = lock_ref.read().unwrap_or_else(PoisonError::into_inner);
+                    let r = prepare_job(&guard, &todo[pos], opts);
+                    drop(guard);
+                    // the receiver lives until all senders are gone
+                    let _ = tx.send((pos, r));
+                }
             });
         });
 

@@ -134,7 +134,6 @@ pub trait BatchSink {
     fn finish(self: Box<Self>) -> Result<()>;
 }
 
-mod delta;
 mod raw_parquet;
 
 struct ParquetSink<W: Write + Send> {

@@ -23,6 +23,7 @@
 //! ```
 
 mod convert;
+pub mod delta;
 mod error;
 mod input;
 mod log;

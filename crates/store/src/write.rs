@@ -11,17 +11,16 @@ use arrow::array::{
 use arrow::datatypes::{ArrowPrimitiveType, Float16Type, Float32Type, SchemaRef, ToByteSlice};
 use bytes::Bytes;
 use half::f16;
-use parquet::arrow::arrow_writer::{ArrowColumnWriter, ArrowRowGroupWriterFactory, compute_leaves};
 use parquet::arrow::{ArrowSchemaConverter, ArrowWriter, add_encoded_arrow_schema_to_metadata};
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::column::page::{CompressedPage, Page, PageWriter};
 use parquet::column::writer::ColumnCloseResult;
 use parquet::file::metadata::{ColumnChunkMetaData, OffsetIndexBuilder};
-use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterVersion};
+use parquet::file::properties::{WriterProperties, WriterVersion};
 use parquet::file::writer::{SerializedFileWriter, SerializedPageWriter, TrackedWrite};
-use parquet::schema::types::ColumnPath;
 
 use crate::convert::{ConvertTo, LayerScan, NonFiniteCount, convert_any, count_f16_overflow};
+use crate::delta;
 use crate::error::{IoContext, Result, StoreError};
 use crate::input::{KernelData, ModelInput, ValidationReport, Warning};
 use crate::schema::{Precision, filters_schema, layers_schema, models_schema};
@@ -54,21 +53,15 @@ pub struct StageOptions {
     pub allow_nonfinite: bool,
 }
 
+/// File-level properties of a `filters` file. No column goes through parquet-rs's
+/// column writers: the id columns are written by [`delta::int_chunk`] (DELTA, zstd,
+/// chunk statistics) and the weights by [`raw_plain_chunk`] (PLAIN, uncompressed,
+/// without statistics: float weights hardly compress, measured 1.08x with zstd, and
+/// min/max of a weight column prunes nothing).
 fn props_filters() -> WriterProperties {
-    let mut b = WriterProperties::builder()
+    WriterProperties::builder()
         .set_writer_version(WriterVersion::PARQUET_2_0)
-        .set_max_row_group_row_count(Some(FILTERS_ROW_GROUP))
-        .set_data_page_row_count_limit(FILTERS_ROW_GROUP)
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
-        .set_dictionary_enabled(false)
-        .set_statistics_enabled(EnabledStatistics::Chunk);
-    for c in ["filter_id", "layer_idx", "out_channel", "in_channel"] {
-        b = b.set_column_encoding(ColumnPath::from(c), Encoding::DELTA_BINARY_PACKED);
-    }
-    // The weight columns are not encoded by parquet-rs: `raw_plain_chunk` writes them
-    // PLAIN, uncompressed and without statistics (float weights hardly compress, measured
-    // 1.08x with zstd; min/max of a weight column prunes nothing).
-    b.build()
+        .build()
 }
 
 fn props_small() -> WriterProperties {
@@ -344,13 +337,13 @@ where
 /// value and took about half of f16 ingest time (measured, docs/benchmarks.md).
 struct RowGroupEncoder {
     writer: SerializedFileWriter<File>,
-    factory: ArrowRowGroupWriterFactory,
-    /// The id columns' Arrow schema (what `factory` writes).
-    schema: SchemaRef,
     descr: parquet::schema::types::SchemaDescPtr,
     path: std::path::PathBuf,
-    model_id: i64,
     next_filter_id: i64,
+    /// The `filter_id` values of the current row group (refilled for each).
+    filter_ids: Vec<i64>,
+    /// `model_id` once per row of a full row group (sliced for a shorter one).
+    model_ids: Vec<i64>,
     row_groups: usize,
 }
 
@@ -372,23 +365,20 @@ impl RowGroupEncoder {
         add_encoded_arrow_schema_to_metadata(&schema, &mut props);
         let writer = SerializedFileWriter::new(file, descr.root_schema_ptr(), Arc::new(props))
             .map_err(perr)?;
-        // Column writers for the id columns only (the leading fields); the weight
-        // chunks are written raw.
-        let id_schema = Arc::new(schema.project(&(0..ID_COLUMNS).collect::<Vec<_>>())?);
-        let factory = ArrowRowGroupWriterFactory::new(&writer, Arc::clone(&id_schema));
         Ok(RowGroupEncoder {
             writer,
-            factory,
-            schema: id_schema,
             descr,
             path: path.to_path_buf(),
-            model_id,
             next_filter_id: first_filter_id,
+            filter_ids: Vec::with_capacity(FILTERS_ROW_GROUP),
+            model_ids: vec![model_id; FILTERS_ROW_GROUP],
             row_groups: 0,
         })
     }
 
-    /// Write `buf` as one row group.
+    /// Write `buf` as one row group: the id columns DELTA-encoded by [`delta::int_chunk`]
+    /// (zstd, with min / max statistics), the weights PLAIN by [`raw_plain_chunk`], each
+    /// chunk one page, written back to back.
     fn write<T: ArrowPrimitiveType>(&mut self, buf: &RowGroupBuf<T::Native>) -> Result<()> {
         let n = buf.len();
         let path = self.path.clone();
@@ -397,33 +387,35 @@ impl RowGroupEncoder {
             source,
         };
         let first = self.next_filter_id;
-        let ids: Vec<ArrayRef> = vec![
-            Arc::new(Int64Array::from_iter_values(first..first + n as i64)),
-            Arc::new(Int64Array::from_value(self.model_id, n)),
-            Arc::new(Int32Array::from(buf.layer_idx.clone())),
-            Arc::new(Int32Array::from(buf.out_channel.clone())),
-            Arc::new(Int32Array::from(buf.in_channel.clone())),
-        ];
+        self.filter_ids.clear();
+        self.filter_ids.extend(first..first + n as i64);
         self.next_filter_id += n as i64;
-        let mut writers = self
-            .factory
-            .create_column_writers(self.row_groups)
-            .map_err(perr)?;
-        encode_columns(&mut writers, &ids, &self.schema, 0).map_err(perr)?;
+        if self.model_ids.len() < n {
+            let id = self.model_ids.first().copied().unwrap_or_default();
+            self.model_ids.resize(n, id);
+        }
+        let column = |k: usize| self.descr.column(k);
+        let ids = [
+            delta::int_chunk(&[&self.filter_ids[..]], column(0)),
+            delta::int_chunk(&[&self.model_ids[..n]], column(1)),
+            delta::int_chunk(&[&buf.layer_idx[..]], column(2)),
+            delta::int_chunk(&[&buf.out_channel[..]], column(3)),
+            delta::int_chunk(&[&buf.in_channel[..]], column(4)),
+        ];
         // Where the next chunk starts in the file: chunks are written back to back.
         let mut at = self.writer.bytes_written() as u64;
         let mut rg = self.writer.next_row_group().map_err(perr)?;
-        for w in writers {
-            let chunk = w.close().map_err(perr)?;
-            at += chunk.close().metadata.compressed_size() as u64;
-            chunk.append_to_row_group(&mut rg).map_err(perr)?;
+        for chunk in ids {
+            let (bytes, close) = chunk.map_err(perr)?;
+            at += bytes.len() as u64;
+            rg.append_column(&bytes, close).map_err(perr)?;
         }
         let width = size_of::<T::Native>();
         for (j, col) in buf.weights.iter().enumerate() {
             let (bytes, close) = raw_plain_chunk(
                 col.to_byte_slice(),
                 n,
-                self.descr.column(ids.len() + j),
+                self.descr.column(ID_COLUMNS + j),
                 at,
                 width,
             )
@@ -442,20 +434,6 @@ impl RowGroupEncoder {
             .into_inner()
             .map_err(|source| StoreError::Parquet { path, source })
     }
-}
-
-fn encode_columns(
-    writers: &mut [ArrowColumnWriter],
-    arrays: &[ArrayRef],
-    schema: &SchemaRef,
-    offset: usize,
-) -> parquet::errors::Result<()> {
-    for (k, (w, a)) in writers.iter_mut().zip(arrays).enumerate() {
-        for leaf in compute_leaves(schema.field(offset + k), a)? {
-            w.write(&leaf)?;
-        }
-    }
-    Ok(())
 }
 
 /// One column chunk holding one PLAIN, uncompressed data page (v2) of `n` required
@@ -916,6 +894,7 @@ mod tests {
     use arrow::array::AsArray;
     use arrow::datatypes::{Float16Type, Float32Type, Int32Type, Int64Type};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use parquet::file::statistics::Statistics;
 
     use super::*;
     use crate::input::{KernelLayout, LayerInput, ModelMeta, SourceDtype};
@@ -1136,15 +1115,26 @@ mod tests {
                     );
                 }
             }
+            let meta = Arc::clone(reader.metadata());
             let mut got = Vec::new();
             let mut ids = Vec::new();
+            let mut all_ids: Vec<[i64; 5]> = Vec::new();
             for batch in reader.build().unwrap() {
                 let batch = batch.unwrap();
                 let fid = batch.column(0).as_primitive::<Int64Type>();
                 let mid = batch.column(1).as_primitive::<Int64Type>();
                 let lay = batch.column(2).as_primitive::<Int32Type>();
+                let out = batch.column(3).as_primitive::<Int32Type>();
+                let inp = batch.column(4).as_primitive::<Int32Type>();
                 for r in 0..batch.num_rows() {
                     ids.push((fid.value(r), mid.value(r), lay.value(r)));
+                    all_ids.push([
+                        fid.value(r),
+                        mid.value(r),
+                        lay.value(r).into(),
+                        out.value(r).into(),
+                        inp.value(r).into(),
+                    ]);
                     for j in 0..9 {
                         let col = batch.column(5 + j);
                         got.push(match precision {
@@ -1172,6 +1162,32 @@ mod tests {
             );
             assert_eq!(ids[300_000].2, 1);
             assert_eq!(ids[(n - 1) as usize].2, 2);
+            // Channels: filter f of a layer with `inp` in-channels is (f / inp, f % inp).
+            let firsts = [0usize, 300_000, 300_021];
+            for (l, (&first, inp)) in firsts.iter().zip([500, 3, 460]).enumerate() {
+                let row = all_ids[first + inp + 1];
+                assert_eq!((row[2], row[3], row[4]), (l as i64, 1, 1));
+            }
+            // Each id chunk: DELTA-encoded, its statistics the row group's min and max.
+            let mut at = 0;
+            for rg in meta.row_groups() {
+                let rows = &all_ids[at..at + rg.num_rows() as usize];
+                at += rows.len();
+                for (k, c) in rg.columns()[..ID_COLUMNS].iter().enumerate() {
+                    assert!(c.encodings().any(|e| e == Encoding::DELTA_BINARY_PACKED));
+                    let lo = rows.iter().map(|r| r[k]).min().unwrap();
+                    let hi = rows.iter().map(|r| r[k]).max().unwrap();
+                    let bounds = match c.statistics().unwrap() {
+                        Statistics::Int32(v) => (
+                            i64::from(*v.min_opt().unwrap()),
+                            i64::from(*v.max_opt().unwrap()),
+                        ),
+                        Statistics::Int64(v) => (*v.min_opt().unwrap(), *v.max_opt().unwrap()),
+                        other => panic!("id column {k}: {other:?}"),
+                    };
+                    assert_eq!(bounds, (lo, hi), "id column {k}");
+                }
+            }
         }
     }
 

@@ -14,7 +14,7 @@
 //! Arrow schema embedded (readers get `FixedSizeList<Float16, 9>` back).
 //!
 //! An Int32 or Int64 column without NULLs (the ids and channels of a slice) is written
-//! as one DataPage v2 per row group by [`super::delta`], zstd-compressed when that saves
+//! as one DataPage v2 per row group by [`filterdb_store::delta`], zstd-compressed when that saves
 //! an eighth, with the chunk's min / max statistics: parquet-rs's encoder was ~30 % of
 //! the CPU of an npy export (whose side file holds only these columns).
 //!
@@ -32,7 +32,7 @@ use arrow::datatypes::{
     Int64Type, SchemaRef, ToByteSlice,
 };
 use bytes::Bytes;
-use filterdb_store::{OnePageChunk, single_page_chunk};
+use filterdb_store::single_page_chunk;
 use parquet::arrow::arrow_writer::{ArrowRowGroupWriterFactory, compute_leaves};
 use parquet::arrow::{ArrowSchemaConverter, add_encoded_arrow_schema_to_metadata};
 use parquet::basic::{Compression, Encoding, LogicalType, Type as PhysicalType, ZstdLevel};
@@ -40,11 +40,10 @@ use parquet::column::page::Page;
 use parquet::column::writer::ColumnCloseResult;
 use parquet::errors::{ParquetError, Result};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use parquet::file::statistics::Statistics;
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::{ColumnDescPtr, SchemaDescPtr, SchemaDescriptor};
 
-use super::delta::{self, put_varint};
+use filterdb_store::delta::{self, definition_levels, put_varint};
 
 /// Rows per row group (parquet-rs's default).
 const ROW_GROUP_ROWS: usize = 1 << 20;
@@ -217,11 +216,6 @@ fn export_properties(descr: &SchemaDescriptor) -> Result<WriterProperties> {
     Ok(b.build())
 }
 
-/// Bits needed for levels up to `max`.
-fn bit_width(max: i16) -> u32 {
-    16 - (max as u16).leading_zeros()
-}
-
 /// Repetition levels of `rows` lists of `size` values (0 at each list's first value, 1
 /// elsewhere), RLE/bit-packed hybrid with bit width 1 and no length prefix.
 fn repetition_levels(rows: usize, size: usize) -> Vec<u8> {
@@ -250,17 +244,6 @@ fn repetition_levels(rows: usize, size: usize) -> Vec<u8> {
         && let Some(last) = out.last_mut()
     {
         *last &= (1u8 << tail) - 1;
-    }
-    out
-}
-
-/// Definition levels: `n` times `max` as one RLE run (nothing when `max` is 0).
-fn definition_levels(n: usize, max: i16) -> Vec<u8> {
-    let mut out = Vec::new();
-    if max > 0 {
-        put_varint(&mut out, (n as u64) << 1);
-        let bytes = bit_width(max).div_ceil(8) as usize;
-        out.extend_from_slice(&(max as u32).to_le_bytes()[..bytes]);
     }
     out
 }
@@ -329,112 +312,38 @@ fn raw_list_chunk(
 }
 
 /// The column chunk of `arrays` (one per queued batch) if the field is an Int32 or
-/// Int64 column without NULLs: one DataPage v2 encoded by [`delta::encode`], its values
-/// zstd-compressed when that saves an eighth, with the chunk's min / max statistics.
-/// `None` sends it down the generic path.
+/// Int64 column without NULLs: [`delta::int_chunk`] of the arrays' values where they
+/// are. `None` sends it down the generic path.
 fn raw_int_chunk(
     field: &Field,
     arrays: &[&ArrayRef],
     descr: ColumnDescPtr,
 ) -> Result<Option<(Bytes, ColumnCloseResult)>> {
-    if descr.max_rep_level() != 0 || arrays.iter().any(|a| a.null_count() > 0) {
+    let rows: usize = arrays.iter().map(|a| a.len()).sum();
+    if descr.max_rep_level() != 0
+        || arrays.iter().any(|a| a.null_count() > 0)
+        || rows == 0
+        || u32::try_from(rows).is_err()
+    {
         return Ok(None);
     }
-    let mut body = Vec::new();
-    let (rows, statistics) = match (field.data_type(), descr.physical_type()) {
+    match (field.data_type(), descr.physical_type()) {
         (DataType::Int32, PhysicalType::INT32) => {
-            let (rows, min, max) = encode_ints::<Int32Type>(arrays, &mut body);
-            (rows, Statistics::int32(min, max, None, Some(0), false))
+            delta::int_chunk(&values_of::<Int32Type>(arrays), descr).map(Some)
         }
         (DataType::Int64, PhysicalType::INT64) => {
-            let (rows, min, max) = encode_ints::<Int64Type>(arrays, &mut body);
-            (rows, Statistics::int64(min, max, None, Some(0), false))
+            delta::int_chunk(&values_of::<Int64Type>(arrays), descr).map(Some)
         }
-        _ => return Ok(None),
-    };
-    let Ok(num_rows) = u32::try_from(rows) else {
-        return Ok(None);
-    };
-    if rows == 0 {
-        return Ok(None);
+        _ => Ok(None),
     }
-    let def = definition_levels(rows, descr.max_def_level());
-    let uncompressed = def.len() + body.len();
-    let zstd =
-        zstd::bulk::compress(&body, 1).map_err(|e| ParquetError::General(format!("zstd: {e}")))?;
-    let (values, is_compressed, compression) = if zstd.len() * 8 <= body.len() * 7 {
-        (zstd, true, Compression::ZSTD(ZstdLevel::try_new(1)?))
-    } else {
-        (body, false, Compression::UNCOMPRESSED)
-    };
-    let Ok(def_len) = u32::try_from(def.len()) else {
-        return Ok(None);
-    };
-    let mut buf = def;
-    buf.extend_from_slice(&values);
-    let page = Page::DataPageV2 {
-        buf: Bytes::from(buf),
-        num_values: num_rows,
-        encoding: Encoding::DELTA_BINARY_PACKED,
-        num_nulls: 0,
-        num_rows,
-        def_levels_byte_len: def_len,
-        rep_levels_byte_len: 0,
-        is_compressed,
-        statistics: None,
-    };
-    let chunk = OnePageChunk {
-        uncompressed,
-        rows,
-        encodings: vec![Encoding::DELTA_BINARY_PACKED, Encoding::RLE],
-        compression,
-        statistics: Some(statistics),
-    };
-    chunk.write(page, descr).map(Some)
 }
 
-/// The values of `arrays` (primitive, without NULLs; one column in pieces)
-/// DELTA-encoded into `body`, where they are: their count, min and max.
-fn encode_ints<T>(
-    arrays: &[&ArrayRef],
-    body: &mut Vec<u8>,
-) -> (usize, Option<T::Native>, Option<T::Native>)
-where
-    T: ArrowPrimitiveType,
-    T::Native: delta::DeltaInt,
-{
-    let parts: Vec<&[T::Native]> = arrays
+/// The values of primitive `arrays`, where they are.
+fn values_of<'a, T: ArrowPrimitiveType>(arrays: &[&'a ArrayRef]) -> Vec<&'a [T::Native]> {
+    arrays
         .iter()
         .map(|a| a.as_primitive::<T>().values().as_ref())
-        .collect();
-    delta::encode(&parts, body);
-    let (min, max) = parts
-        .iter()
-        .map(|p| bounds(p))
-        .fold((None, None), |(lo, hi), (l, h)| {
-            (lo.into_iter().chain(l).min(), hi.into_iter().chain(h).max())
-        });
-    (parts.iter().map(|p| p.len()).sum(), min, max)
-}
-
-/// The chunk's min and max, as the generic writer records them (one pass, in lanes of
-/// 16 the compiler vectorises).
-fn bounds<T: Ord + Copy>(v: &[T]) -> (Option<T>, Option<T>) {
-    let Some(&first) = v.first() else {
-        return (None, None);
-    };
-    let (mut lo, mut hi) = ([first; 16], [first; 16]);
-    let chunks = v.chunks_exact(16);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for k in 0..16 {
-            lo[k] = lo[k].min(c[k]);
-            hi[k] = hi[k].max(c[k]);
-        }
-    }
-    let lo = lo.iter().chain(rest).copied().min();
-    let hi = hi.iter().chain(rest).copied().max();
-    (lo, hi)
+        .collect()
 }
 
 #[cfg(test)]
@@ -448,6 +357,7 @@ mod tests {
     use arrow::datatypes::{Fields, Schema};
     use half::f16;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use parquet::file::statistics::Statistics;
 
     fn fsl(values: ArrayRef, size: i32, nulls: Option<NullBuffer>) -> ArrayRef {
         let field = Arc::new(Field::new_list_field(values.data_type().clone(), true));
@@ -565,13 +475,6 @@ mod tests {
         assert_eq!(round_trip(&[100, 3, 500, 57, 8, 1], Some(2), 600), (2, 8));
         assert_eq!(round_trip(&[0, 4], None, 2), (1, 5));
         assert_eq!(round_trip(&[0], None, 8), (0, 0));
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn bounds_are_min_and_max(v in proptest::collection::vec(proptest::prelude::any::<i32>(), 0..100)) {
-            proptest::prop_assert_eq!(bounds(&v), (v.iter().min().copied(), v.iter().max().copied()));
-        }
     }
 
     /// The raw integer chunks carry the min / max a reader prunes with, and runs take a
