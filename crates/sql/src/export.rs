@@ -68,6 +68,80 @@ impl Drop for Staged {
     }
 }
 
+/// Bytes after which [`Writeback`] hands the file's newest data to the disk.
+const WRITEBACK_BYTES: u64 = 16 << 20;
+
+/// An export's output file that asks the kernel to start writing its data to disk every
+/// [`WRITEBACK_BYTES`] (Linux's `sync_file_range(SYNC_FILE_RANGE_WRITE)`, which starts
+/// writeback and does not wait): the disk works while the query still produces, and
+/// the `fsync` of [`Staged::commit`] waits for the last few MiB instead of the whole
+/// file (that final `fsync` had been 130-200 ms of a 0.7 s export of 439 MB). Other
+/// systems get a plain file. The kernel wrote back dirty pages anyway, only later.
+struct Writeback {
+    file: File,
+    /// The file position (writers append; the npy header is patched at the end).
+    pos: u64,
+    /// Where the data not yet handed to writeback starts.
+    handed: u64,
+}
+
+impl Writeback {
+    fn new(file: File) -> Writeback {
+        Writeback {
+            file,
+            pos: 0,
+            handed: 0,
+        }
+    }
+
+    /// Start writeback of `handed..pos`: best effort, errors surface at the `fsync`.
+    fn hand_over(&mut self) {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let (Ok(from), Ok(len)) = (
+                libc::off64_t::try_from(self.handed),
+                libc::off64_t::try_from(self.pos - self.handed),
+            ) else {
+                return;
+            };
+            // SAFETY: a syscall on an open descriptor that reads and writes no memory of
+            // ours.
+            unsafe {
+                libc::sync_file_range(
+                    self.file.as_raw_fd(),
+                    from,
+                    len,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
+        }
+        self.handed = self.pos;
+    }
+}
+
+impl Write for Writeback {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.pos += n as u64;
+        if self.pos >= self.handed + WRITEBACK_BYTES {
+            self.hand_over();
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Seek for Writeback {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        self.pos = self.file.seek(pos)?;
+        Ok(self.pos)
+    }
+}
+
 /// Output formats of [`export_query`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExportFormat {
@@ -273,7 +347,7 @@ pub fn flatten_lists(batch: &RecordBatch) -> Result<RecordBatch> {
 /// Hand-written rather than a crate: the format is one fixed header (NEP 1) and we need
 /// to stream with an unknown row count, which the crates' writers do not offer.
 pub struct NpyWriter {
-    file: BufWriter<File>,
+    file: BufWriter<Writeback>,
     path: PathBuf,
     descr: &'static str,
     rows: u64,
@@ -292,7 +366,7 @@ impl NpyWriter {
         let mut w = NpyWriter {
             // Batches (a scan's ~130 KB of filters or more) bypass a buffer this
             // small and go to the file without a copy; small ones are gathered.
-            file: BufWriter::with_capacity(NPY_BUFFER, file),
+            file: BufWriter::with_capacity(NPY_BUFFER, Writeback::new(file)),
             path: path.to_path_buf(),
             descr,
             rows: 0,
@@ -575,7 +649,12 @@ pub async fn export_query(
         let sink = NpySink {
             npy: NpyWriter::create(&npy_out.tmp, descr)?,
             side: Box::new(Threaded::spawn(
-                sink_for(ExportFormat::Parquet, side_file, &side_schema, &side_path)?,
+                sink_for(
+                    ExportFormat::Parquet,
+                    Writeback::new(side_file),
+                    &side_schema,
+                    &side_path,
+                )?,
                 SIDE_QUEUE,
             )?),
             widx,
@@ -593,7 +672,7 @@ pub async fn export_query(
     let file = File::create(&out.tmp).map_err(io("creating", &out.tmp))?;
     let sink = sink_for(
         format,
-        BufWriter::with_capacity(1 << 20, file),
+        BufWriter::with_capacity(1 << 20, Writeback::new(file)),
         &schema,
         path,
     )?;
@@ -610,6 +689,30 @@ mod tests {
     use super::*;
     use arrow::array::Int32Array;
     use std::sync::Mutex;
+
+    /// Writeback starts once 16 MiB are new, and the bytes (with a header patched
+    /// after) are the file's.
+    #[test]
+    fn writeback_hands_over_every_16_mib_and_keeps_the_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.bin");
+        let mut w = Writeback::new(File::create(&path).unwrap());
+        let block = vec![7u8; 5 << 20];
+        for k in 1..=4 {
+            w.write_all(&block).unwrap();
+            let want = if k < 4 { 0 } else { 20 << 20 };
+            assert_eq!(w.handed, want, "after {k} blocks");
+        }
+        w.seek(SeekFrom::Start(0)).unwrap();
+        w.write_all(b"head").unwrap();
+        assert_eq!((w.pos, w.handed), (4, 20 << 20));
+        w.flush().unwrap();
+        drop(w);
+        let got = std::fs::read(&path).unwrap();
+        assert_eq!(got.len(), 20 << 20);
+        assert_eq!(&got[..4], b"head");
+        assert!(got[4..].iter().all(|&b| b == 7));
+    }
 
     /// Records the batches it is given; fails on the `fail_at`-th, or in `finish`.
     struct Recording {
