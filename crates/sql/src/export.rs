@@ -86,12 +86,13 @@ struct Writeback {
 }
 
 impl Writeback {
-    fn new(file: File) -> Writeback {
-        Writeback {
-            file,
+    /// Create the file at `path`.
+    fn create(path: &Path) -> Result<Writeback> {
+        Ok(Writeback {
+            file: File::create(path).map_err(io("creating", path))?,
             pos: 0,
             handed: 0,
-        }
+        })
     }
 
     /// Start writeback of `handed..pos`: best effort, errors surface at the `fsync`.
@@ -362,11 +363,11 @@ impl NpyWriter {
     /// # Errors
     /// I/O.
     pub fn create(path: &Path, descr: &'static str) -> Result<NpyWriter> {
-        let file = File::create(path).map_err(io("creating", path))?;
+        let file = Writeback::create(path)?;
         let mut w = NpyWriter {
             // Batches (a scan's ~130 KB of filters or more) bypass a buffer this
             // small and go to the file without a copy; small ones are gathered.
-            file: BufWriter::with_capacity(NPY_BUFFER, Writeback::new(file)),
+            file: BufWriter::with_capacity(NPY_BUFFER, file),
             path: path.to_path_buf(),
             descr,
             rows: 0,
@@ -645,13 +646,12 @@ pub async fn export_query(
         let side_schema = Arc::new(schema.project(&others)?);
         let npy_out = Staged::new(path);
         let side_out = Staged::new(&side_path);
-        let side_file = File::create(&side_out.tmp).map_err(io("creating", &side_out.tmp))?;
         let sink = NpySink {
             npy: NpyWriter::create(&npy_out.tmp, descr)?,
             side: Box::new(Threaded::spawn(
                 sink_for(
                     ExportFormat::Parquet,
-                    Writeback::new(side_file),
+                    Writeback::create(&side_out.tmp)?,
                     &side_schema,
                     &side_path,
                 )?,
@@ -669,10 +669,9 @@ pub async fn export_query(
         });
     }
     let out = Staged::new(path);
-    let file = File::create(&out.tmp).map_err(io("creating", &out.tmp))?;
     let sink = sink_for(
         format,
-        BufWriter::with_capacity(1 << 20, Writeback::new(file)),
+        BufWriter::with_capacity(1 << 20, Writeback::create(&out.tmp)?),
         &schema,
         path,
     )?;
@@ -696,7 +695,7 @@ mod tests {
     fn writeback_hands_over_every_16_mib_and_keeps_the_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.bin");
-        let mut w = Writeback::new(File::create(&path).unwrap());
+        let mut w = Writeback::create(&path).unwrap();
         let block = vec![7u8; 5 << 20];
         for k in 1..=4 {
             w.write_all(&block).unwrap();

@@ -217,7 +217,7 @@ pub fn int_chunk<T: DeltaInt>(
 }
 
 /// Bits needed for levels up to `max`.
-pub fn level_bit_width(max: i16) -> u32 {
+fn level_bit_width(max: i16) -> u32 {
     16 - (max as u16).leading_zeros()
 }
 

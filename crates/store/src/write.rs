@@ -340,10 +340,11 @@ struct RowGroupEncoder {
     writer: SerializedFileWriter<File>,
     descr: parquet::schema::types::SchemaDescPtr,
     path: std::path::PathBuf,
+    model_id: i64,
     next_filter_id: i64,
     /// The `filter_id` values of the current row group (refilled for each).
     filter_ids: Vec<i64>,
-    /// `model_id` once per row of a full row group (sliced for a shorter one).
+    /// `model_id` once per row of the longest row group so far (sliced for shorter ones).
     model_ids: Vec<i64>,
     row_groups: usize,
 }
@@ -370,9 +371,10 @@ impl RowGroupEncoder {
             writer,
             descr,
             path: path.to_path_buf(),
+            model_id,
             next_filter_id: first_filter_id,
-            filter_ids: Vec::with_capacity(FILTERS_ROW_GROUP),
-            model_ids: vec![model_id; FILTERS_ROW_GROUP],
+            filter_ids: Vec::new(),
+            model_ids: Vec::new(),
             row_groups: 0,
         })
     }
@@ -392,8 +394,7 @@ impl RowGroupEncoder {
         self.filter_ids.extend(first..first + n as i64);
         self.next_filter_id += n as i64;
         if self.model_ids.len() < n {
-            let id = self.model_ids.first().copied().unwrap_or_default();
-            self.model_ids.resize(n, id);
+            self.model_ids.resize(n, self.model_id);
         }
         let column = |k: usize| self.descr.column(k);
         let ids = [

@@ -14,9 +14,9 @@
 //! Arrow schema embedded (readers get `FixedSizeList<Float16, 9>` back).
 //!
 //! An Int32 or Int64 column without NULLs (the ids and channels of a slice) is written
-//! as one DataPage v2 per row group by [`filterdb_store::delta`], zstd-compressed when that saves
-//! an eighth, with the chunk's min / max statistics: parquet-rs's encoder was ~30 % of
-//! the CPU of an npy export (whose side file holds only these columns).
+//! as one DataPage v2 per row group by [`filterdb_store::delta`], zstd-compressed when
+//! that saves an eighth, with the chunk's min / max statistics: parquet-rs's encoder was
+//! ~30 % of the CPU of an npy export (whose side file holds only these columns).
 //!
 //! Why by hand: parquet-rs offers no way to hand it pre-encoded pages for a nested column
 //! except its low-level page writer; the chunk around the page is built by
