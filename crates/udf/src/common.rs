@@ -848,7 +848,14 @@ pub struct Binner {
 
 impl Binner {
     /// The lookup for `bins` bins over `[lo, hi]`.
+    ///
+    /// # Panics
+    /// If `bins` is 0 or above `i32::MAX` (`coef_histogram` allows up to 2^20).
     pub fn new(lo: f64, hi: f64, bins: usize) -> Binner {
+        assert!(
+            (1..=i32::MAX as usize).contains(&bins),
+            "Binner: bins {bins} out of range"
+        );
         Binner {
             lo,
             hi,
@@ -949,7 +956,10 @@ fn bin_indices(b: &Binner, values: &[f64], idx: &mut [u32]) {
         let t = (x - lo) * norm;
         let t = if t > 0.0 { t } else { 0.0 };
         let t = if t < last { t } else { last };
-        let i = t as u32;
+        // SAFETY: `t` is in `[0, last]`, finite (NaN failed `t > 0.0` above) and
+        // `last < i32::MAX` (`Binner::new`), so it converts exactly. Unlike `as` (saturating, which
+        // LLVM scalarises lane by lane here), this is one vector conversion.
+        let i = unsafe { t.to_int_unchecked::<i32>() } as u32;
         let fi = f64::from(i);
         let below = x < lo + fi * step;
         let dec = below & (i > 0);

@@ -44,7 +44,7 @@ use datafusion::logical_expr::{
 
 use super::layer_sparsity::{
     DEFAULT_RATIO, DOC_SECTION, ExactFloat, GroupAgg, Groups, Single, layer_sparsity_ref, passes,
-    ratio_at, ratio_column, set_ratio, storage,
+    ratio_at, ratio_column, set_ratio, storage, uniform_ratio,
 };
 use super::orthogonality::{
     OrthogonalityState, coerce_layer_args, layer_state_fields, orthogonality_ref,
@@ -221,13 +221,9 @@ impl<T: ExactFloat> GroupAgg for DegenerationState<T> {
                 }
                 // the usual batch: one check per run of a group
                 Some(r)
-                    if no_nulls
-                        && r.null_count() == 0
-                        && r.values()[rows.clone()]
-                            .iter()
-                            .all(|v| v.to_bits() == r.value(rows.start).to_bits()) =>
+                    if no_nulls && let Some(v) = uniform_ratio(NAME, Some(r), rows.clone())? =>
                 {
-                    set_ratio(NAME, slot, ratio_at(NAME, Some(r), rows.start)?)?;
+                    set_ratio(NAME, slot, v)?;
                 }
                 Some(r) => {
                     for i in rows.filter(|&i| counted(i)) {

@@ -338,6 +338,31 @@ pub(crate) fn ratio_at(func: &str, ratio: Option<&Float64Array>, i: usize) -> Re
     Ok(r)
 }
 
+/// The `ratio` of rows `rows` when they all hold the same one (the default without the
+/// argument): one check per run of a group instead of one per row. `None` when the run
+/// has NULLs or several values (the caller then checks row by row for the error).
+pub(crate) fn uniform_ratio(
+    func: &str,
+    ratio: Option<&Float64Array>,
+    rows: Range<usize>,
+) -> Result<Option<f64>> {
+    let Some(r) = ratio else {
+        return Ok(Some(DEFAULT_RATIO));
+    };
+    if r.null_count() > 0 || rows.is_empty() {
+        return Ok(None);
+    }
+    let first = r.value(rows.start).to_bits();
+    if r.values()[rows.clone()]
+        .iter()
+        .all(|v| v.to_bits() == first)
+    {
+        ratio_at(func, Some(r), rows.start).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
 /// The `ratio` argument column, if given.
 pub(crate) fn ratio_column<'a>(
     func: &str,
@@ -479,8 +504,13 @@ impl<T: ExactFloat> GroupAgg for FilterListAgg<T> {
             // The usual batch: a run of rows per group; each filter's max |w| straight
             // from the widened f32 values (exact for float16 and float32 stores).
             for (g, rows) in group_runs(groups) {
-                for i in rows.clone() {
-                    set_ratio(func, &mut self.ratio[g], ratio_at(func, ratio, i)?)?;
+                match uniform_ratio(func, ratio, rows.clone())? {
+                    Some(r) => set_ratio(func, &mut self.ratio[g], r)?,
+                    None => {
+                        for i in rows.clone() {
+                            set_ratio(func, &mut self.ratio[g], ratio_at(func, ratio, i)?)?;
+                        }
+                    }
                 }
                 let v = &mut self.values[g];
                 let before = v.capacity();
