@@ -48,9 +48,9 @@ use std::time::Duration;
 
 use arrow::array::{
     Array, ArrayRef, ArrowPrimitiveType, AsArray, FixedSizeListArray, Float32Array, Float64Array,
-    Int64Array, PrimitiveArray, StringBuilder, StructArray,
+    Int64Array, ListArray, PrimitiveArray, StringBuilder, StructArray,
 };
-use arrow::buffer::{NullBuffer, ScalarBuffer};
+use arrow::buffer::{NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow::compute::cast;
 use arrow::datatypes::{
     DataType, Field, FieldRef, Fields, Float16Type, Float32Type, Float64Type, Int64Type, Schema,
@@ -72,6 +72,7 @@ use rand_distr::{Distribution, Normal};
 use filterdb_udf::aggregate::coef_histogram::coef_histogram_ref;
 use filterdb_udf::aggregate::coef_histogram_merge::coef_histogram_merge_ref;
 use filterdb_udf::aggregate::coef_range::coef_range_ref;
+use filterdb_udf::aggregate::largest_filters::{largest_filters_ref, largest_filters_udaf};
 use filterdb_udf::aggregate::layer_degeneration::{
     LayerStats, layer_degeneration_ref, layer_degeneration_udaf,
 };
@@ -88,7 +89,7 @@ use filterdb_udf::aggregate::{
     variance_entropy::variance_entropy_udaf,
 };
 use filterdb_udf::common::{
-    Basis, Filters, Histogram, filter_max_abs, filter_reduce_kernel, sparse_threshold,
+    Basis, Filters, Histogram, filter_max_abs, filter_reduce_kernel, fsl_f64, sparse_threshold,
 };
 use filterdb_udf::scalar::depth_bucket::{
     DEPTH_BUCKETS, EDGES_F32, EDGES_F64, depth_bucket_kernel, depth_bucket_ref,
@@ -997,6 +998,28 @@ fn check_basis(name: &str, r: &[ArrayRef], k: &[ArrayRef]) {
     eprintln!("{name}: kernel agrees with reference ({} bases)", r.len());
 }
 
+/// Filters `largest_filters` keeps per group (`analyze kl-matrix`'s default).
+const LARGEST: usize = 16_384;
+
+/// `largest_filters`: the same filters in the same order, bit for bit (the kernel's
+/// element type widened to f64).
+fn check_largest(name: &str, r: &[ArrayRef], k: &[ArrayRef]) {
+    let rows = |a: &ArrayRef| -> Vec<Option<Vec<[f64; 9]>>> {
+        let l = a.as_list::<i32>();
+        (0..l.len())
+            .map(|g| {
+                (!l.is_null(g)).then(|| {
+                    let v = l.value(g);
+                    let f = Filters::try_new(name, v.as_ref()).expect("filters");
+                    (0..f.len()).map(|i| f.get(i)).collect()
+                })
+            })
+            .collect()
+    };
+    assert_eq!(rows(&r[0]), rows(&k[0]), "{name}: kept filters differ");
+    eprintln!("{name}: kernel agrees with reference");
+}
+
 /// The shared histogram range of the synthetic filters: `[-m, m]`, `m` = largest |w|.
 static RANGE: LazyLock<f64> =
     LazyLock::new(|| FLAT.iter().fold(0.0f64, |m, v| m.max(f64::from(v.abs()))));
@@ -1062,6 +1085,33 @@ fn bench_aggregates(c: &mut Criterion) {
             ))
         },
         close(0.0, 0.0),
+    );
+
+    bench_agg_filters(
+        c,
+        "largest_filters",
+        largest_filters_udaf,
+        &[(
+            DataType::Int64,
+            Some(ScalarValue::Int64(Some(LARGEST as i64))),
+        )],
+        |len| vec![Arc::new(Int64Array::from(vec![LARGEST as i64; len]))],
+        |rows| {
+            let tops: Vec<Option<Vec<[f64; 9]>>> = rows
+                .iter()
+                .map(|r| largest_filters_ref(r, LARGEST))
+                .collect();
+            let values: Vec<f64> = tops.iter().flatten().flatten().flatten().copied().collect();
+            let fsl = fsl_f64(9, values, None).expect("filters");
+            let nulls = NullBuffer::from(tops.iter().map(Option::is_some).collect::<Vec<_>>());
+            Arc::new(ListArray::new(
+                Arc::new(Field::new_list_field(fsl.data_type().clone(), true)),
+                OffsetBuffer::from_lengths(tops.iter().map(|t| t.as_ref().map_or(0, Vec::len))),
+                Arc::new(fsl),
+                Some(nulls),
+            ))
+        },
+        check_largest,
     );
 
     bench_agg_filters(

@@ -24,8 +24,9 @@ What it does, in order (each step is skipped when its output already exists):
    made the 10M set's last layer an 87,840-channel Gram matrix worth 65 % of all
    orthogonality work). Then `filterdb init --precision f16` and
    `filterdb ingest --manifest`.
-3. filterdb: `filterdb analyze kl-matrix --by task --format json` (3 passes over the
-   filters: PCA basis, coefficient range, histograms) and
+3. filterdb: `filterdb analyze kl-matrix --by task --format json` (2 passes over the
+   filters: PCA basis with the largest filters, then histograms with the exact range
+   that confirms the range guessed from those filters; 3 when the guess is off) and
    `filterdb analyze degeneration --all-layers --format csv` (1 pass), each one warm-up
    run then --reps timed runs under /usr/bin/time -v (wall, user, sys, peak RSS);
    the median wall is reported.
@@ -480,7 +481,7 @@ def main():
         f"{args.reps}; peers = median of their stage sums; ratio = filterdb filters/s / peer filters/s):")
     log("| tool | seconds | filters/s | peak RSS MiB | filterdb / peer |")
     log("|---|---|---|---|---|")
-    log(f"| filterdb (2 processes, 4 passes) | {f_total:.3f} | {fmt_rate(n, f_total)} | {f_rss:.0f} | 1.00 |")
+    log(f"| filterdb (2 processes, 3 passes) | {f_total:.3f} | {fmt_rate(n, f_total)} | {f_rss:.0f} | 1.00 |")
     table = []
     like = None
     if "layer-sql" in fr:

@@ -246,6 +246,33 @@ fn answers_do_not_depend_on_partitions_or_memory_limit() {
         assert_eq!(one.2, other.2, "kl-matrix by depth with {extra:?}");
         assert_eq!(one.1, other.1, "degeneration with {extra:?}");
     }
+    // A range guessed from one or three filters is too narrow, so kl-matrix runs its
+    // third pass (kl_matrix_passes_follow_the_range_guess): the same matrices.
+    for extra in [
+        &["--threads", "2", "--range-candidates", "1"][..],
+        &["--threads", "1", "--range-candidates", "3"][..],
+    ] {
+        let kl = |by: &str, format: &str| {
+            let mut args = vec![
+                "analyze",
+                "kl-matrix",
+                "--store",
+                s(store),
+                "--by",
+                by,
+                "--format",
+                format,
+            ];
+            args.extend_from_slice(extra);
+            ok(&args)
+        };
+        assert_eq!(one.0, kl("task", "csv"), "kl-matrix by task with {extra:?}");
+        assert_eq!(
+            one.2,
+            kl("depth", "json"),
+            "kl-matrix by depth with {extra:?}"
+        );
+    }
 }
 
 /// The KL pipeline's `pca_project(peak_scale(weights), basis)` is planned as the fused
@@ -282,4 +309,45 @@ fn peak_scale_is_fused_into_pca_project() {
         assert!(same[0].column(1).as_boolean().value(0));
         assert!(same[0].column(1).is_valid(0));
     });
+}
+
+/// `kl-matrix` reads the filters twice when the largest filters' coefficients span the
+/// whole range (always on the small fixture store, where every filter is a candidate),
+/// three times when they do not (one candidate); the output is the same either way
+/// (checked by `answers_do_not_depend_on_partitions_or_memory_limit`).
+#[test]
+fn kl_matrix_passes_follow_the_range_guess() {
+    let store = fixture_store("f16");
+    let passes = |k: &str| {
+        let out = crate::common::run(&[
+            "analyze",
+            "kl-matrix",
+            "--store",
+            s(store),
+            "--by",
+            "task",
+            "--range-candidates",
+            k,
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        err.split(" passes)")
+            .next()
+            .and_then(|t| t.rsplit(' ').next())
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or_else(|| panic!("no pass count in {err}"))
+    };
+    assert_eq!(passes("16384"), 2);
+    assert_eq!(passes("1"), 3);
+    let bad = crate::common::fails(&[
+        "analyze",
+        "kl-matrix",
+        "--store",
+        s(store),
+        "--by",
+        "task",
+        "--range-candidates",
+        "0",
+    ]);
+    assert!(bad.contains("--range-candidates"), "{bad}");
 }

@@ -107,6 +107,13 @@ struct KlArgs {
     /// paper) or uniform 1/9.
     #[arg(long, value_enum, default_value = "evr")]
     weights: KlWeights,
+    /// How many of the largest peak-scaled filters the PCA pass keeps to guess the
+    /// histogram range from. A right guess (checked exactly) saves a pass over the
+    /// filters; a wrong one costs nothing but that pass. 80-160 bytes each; under
+    /// `--memory-limit`, at most an eighth of the limit.
+    #[arg(long, default_value_t = RANGE_CANDIDATES as u32,
+          value_parser = clap::value_parser!(u32).range(1..=filterdb_udf::aggregate::largest_filters::MAX_K))]
+    range_candidates: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -173,7 +180,32 @@ async fn collect(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>> {
         .with_context(|| format!("running: {sql}"))
 }
 
-/// SQL of the three passes of the KL pipeline; also printed by `docs/paper.md`.
+/// How many of the largest peak-scaled filters the PCA pass keeps, by default, for the
+/// first guess of the histogram range (`largest_filters`; 80 bytes each, twice that
+/// while buffering). On `benches/pipeline.py`'s collections the extreme coefficients
+/// sat on the 75th-544th (10M filters) and 537th-1436th (100M) largest.
+pub const RANGE_CANDIDATES: usize = 16_384;
+
+/// The statements of `analyze kl-matrix`; also shown in `docs/paper.md`.
+///
+/// The paper's pipeline needs three results in turn: the PCA basis, the range of all
+/// coefficients, then the histograms over that range. filterdb reads the filters twice,
+/// not three times, whenever it can prove the range early:
+///
+/// 1. `basis` (pass 1): the basis, and the `candidates` largest peak-scaled filters
+///    (`largest_filters`; [`RANGE_CANDIDATES`] by default).
+/// 2. `range_guess` (no pass): the range of those filters' coefficients. They are filters
+///    of the set, so the true range contains it; and a coefficient is at most the
+///    filter's distance from the mean (`|c_i| <= |x - mu|`), so the extremes usually sit
+///    on them.
+/// 3. `hist` (pass 2): per group, the histograms over `_range` and the exact range of
+///    the group's coefficients (`coef_range` of the same projection, which DataFusion
+///    computes once for both).
+/// 4. `check`: the exact range of all groups against `_range`. Equal (bit for bit): the
+///    histograms are those of the true range, done. Otherwise `range_exact` replaces
+///    `_range` with the exact range and `hist` runs again (pass 3), as the paper's
+///    three-pass pipeline would.
+/// 5. `pairs`: the drift of every pair of groups.
 ///
 /// Without `--where`, every pass reads `filters` alone: the histogram pass groups by
 /// `model_id` (by `(model_id, layer_idx)` for `--by depth`), and `coef_histogram_merge`
@@ -181,7 +213,30 @@ async fn collect(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>> {
 /// (`layers`) on one row per model (layer), so no per-filter join or string grouping
 /// runs. With `--where`, every pass reads `filters_meta`, whose columns the condition
 /// may use.
-pub fn kl_sql(by: GroupBy, where_clause: &str, bins: u32, uniform: bool) -> [String; 4] {
+#[derive(Debug, Clone)]
+pub struct KlSql {
+    /// Pass 1: `_basis(b, top)`.
+    pub basis: String,
+    /// `_range(r)` from the coefficients of `_basis.top`.
+    pub range_guess: String,
+    /// Pass 2 (and 3): `_hist(grp, models, filters, h, lo, hi)`.
+    pub hist: String,
+    /// One row: the exact `lo`, `hi` of all groups, then `_range`'s.
+    pub check: String,
+    /// `_range(r)` from `_hist`'s exact range.
+    pub range_exact: String,
+    /// `(a, b, d)` for every pair of groups.
+    pub pairs: String,
+}
+
+/// The statements of `analyze kl-matrix` (see [`KlSql`]).
+pub fn kl_sql(
+    by: GroupBy,
+    where_clause: &str,
+    bins: u32,
+    uniform: bool,
+    candidates: usize,
+) -> KlSql {
     let scaled = "peak_scale(weights)";
     let project = format!("pca_project({scaled}, (SELECT b FROM _basis))");
     let hist = format!(
@@ -192,16 +247,17 @@ pub fn kl_sql(by: GroupBy, where_clause: &str, bins: u32, uniform: bool) -> [Str
         let grouped = match by {
             GroupBy::Depth => format!(
                 "SELECT {g} AS grp, count(DISTINCT p.model_id) AS models, sum(p.n) AS filters, \
-                 coef_histogram_merge(p.h) AS h \
-                 FROM (SELECT model_id, layer_idx, count(*) AS n, {hist} AS h FROM filters \
-                 GROUP BY model_id, layer_idx) p \
+                 coef_histogram_merge(p.h) AS h, min(p.r['min']) AS lo, max(p.r['max']) AS hi \
+                 FROM (SELECT model_id, layer_idx, count(*) AS n, {hist} AS h, coef_range({project}) AS r \
+                 FROM filters GROUP BY model_id, layer_idx) p \
                  JOIN layers l ON p.model_id = l.model_id AND p.layer_idx = l.layer_idx \
                  GROUP BY {g}"
             ),
             _ => format!(
                 "SELECT {g} AS grp, count(*) AS models, sum(p.n) AS filters, \
-                 coef_histogram_merge(p.h) AS h \
-                 FROM (SELECT model_id, count(*) AS n, {hist} AS h FROM filters GROUP BY model_id) p \
+                 coef_histogram_merge(p.h) AS h, min(p.r['min']) AS lo, max(p.r['max']) AS hi \
+                 FROM (SELECT model_id, count(*) AS n, {hist} AS h, coef_range({project}) AS r \
+                 FROM filters GROUP BY model_id) p \
                  JOIN models m ON p.model_id = m.model_id \
                  GROUP BY {g}"
             ),
@@ -209,8 +265,9 @@ pub fn kl_sql(by: GroupBy, where_clause: &str, bins: u32, uniform: bool) -> [Str
         ("filters", grouped)
     } else {
         let grouped = format!(
-            "SELECT {g} AS grp, count(DISTINCT model_id) AS models, count(*) AS filters, \
-             {hist} AS h FROM filters_meta {where_clause} GROUP BY {g}"
+            "SELECT grp, models, filters, h, r['min'] AS lo, r['max'] AS hi FROM \
+             (SELECT {g} AS grp, count(DISTINCT model_id) AS models, count(*) AS filters, \
+             {hist} AS h, coef_range({project}) AS r FROM filters_meta {where_clause} GROUP BY {g})"
         );
         ("filters_meta", grouped)
     };
@@ -219,18 +276,50 @@ pub fn kl_sql(by: GroupBy, where_clause: &str, bins: u32, uniform: bool) -> [Str
     } else {
         ", (SELECT b['explained_variance_ratio'] FROM _basis)".to_string()
     };
-    [
-        format!(
-            "CREATE OR REPLACE TABLE _basis AS SELECT pca_fit({scaled}) AS b FROM {all} {where_clause}"
+    KlSql {
+        basis: format!(
+            "CREATE OR REPLACE TABLE _basis AS SELECT pca_fit({scaled}) AS b, \
+             largest_filters({scaled}, {candidates}) AS top FROM {all} {where_clause}"
         ),
-        format!(
-            "CREATE OR REPLACE TABLE _range AS SELECT coef_range({project}) AS r FROM {all} {where_clause}"
-        ),
-        format!("CREATE OR REPLACE TABLE _hist AS {grouped}"),
-        format!(
+        range_guess: "CREATE OR REPLACE TABLE _range AS \
+             SELECT coef_range(pca_project(x, (SELECT b FROM _basis))) AS r \
+             FROM (SELECT unnest(top) AS x FROM _basis)"
+            .to_string(),
+        hist: format!("CREATE OR REPLACE TABLE _hist AS {grouped}"),
+        check: "SELECT (SELECT min(lo) FROM _hist) AS lo, (SELECT max(hi) FROM _hist) AS hi, \
+             r['min'] AS guess_lo, r['max'] AS guess_hi FROM _range"
+            .to_string(),
+        range_exact: "CREATE OR REPLACE TABLE _range AS \
+             SELECT named_struct('min', min(lo), 'max', max(hi)) AS r FROM _hist"
+            .to_string(),
+        pairs: format!(
             "SELECT a.grp AS a, b.grp AS b, kl_drift(a.h, b.h{weights}) AS d FROM _hist a CROSS JOIN _hist b"
         ),
-    ]
+    }
+}
+
+/// `requested` candidates, fewer under a memory limit: their states (160 bytes a
+/// candidate while buffering, in every partition) stay within an eighth of it, since an
+/// aggregate without GROUP BY cannot spill.
+fn candidates_within(requested: usize, memory_limit: Option<usize>, partitions: usize) -> usize {
+    match memory_limit {
+        Some(limit) => requested.min(limit / 8 / (160 * partitions.max(1))).max(1),
+        None => requested,
+    }
+}
+
+/// Whether `check`'s row says the guessed range is the exact one (bit for bit; both
+/// NULL when no coefficient is a number).
+fn range_confirmed(batches: &[RecordBatch]) -> Result<bool> {
+    let b = batches
+        .iter()
+        .find(|b| b.num_rows() > 0)
+        .context("the range check returned no row")?;
+    let v = |c: usize| -> Option<u64> {
+        let a = b.column(c).as_primitive::<Float64Type>();
+        a.is_valid(0).then(|| a.value(0).to_bits())
+    };
+    Ok(v(0) == v(2) && v(1) == v(3))
 }
 
 fn strings(b: &RecordBatch, col: usize) -> Vec<String> {
@@ -249,9 +338,20 @@ fn kl_matrix(a: KlArgs) -> Result<ExitCode> {
             &a.common.where_clause(),
             a.bins,
             a.weights == KlWeights::Uniform,
+            candidates_within(
+                a.range_candidates as usize,
+                a.common.query.memory_limit,
+                ctx.copied_config().target_partitions(),
+            ),
         );
-        for s in &sql[..3] {
-            collect(&ctx, s).await?;
+        collect(&ctx, &sql.basis).await?;
+        collect(&ctx, &sql.range_guess).await?;
+        collect(&ctx, &sql.hist).await?;
+        let mut passes = 2;
+        if !range_confirmed(&collect(&ctx, &sql.check).await?)? {
+            collect(&ctx, &sql.range_exact).await?;
+            collect(&ctx, &sql.hist).await?;
+            passes = 3;
         }
         let sizes = collect(&ctx, "SELECT grp, models, filters FROM _hist").await?;
         let mut size: BTreeMap<String, (i64, i64)> = BTreeMap::new();
@@ -273,7 +373,7 @@ fn kl_matrix(a: KlArgs) -> Result<ExitCode> {
                     .unwrap_or_default()
             );
         }
-        let pairs = collect(&ctx, &sql[3]).await?;
+        let pairs = collect(&ctx, &sql.pairs).await?;
         let mut d: BTreeMap<(String, String), f64> = BTreeMap::new();
         for b in &pairs {
             let x = strings(b, 0);
@@ -302,7 +402,7 @@ fn kl_matrix(a: KlArgs) -> Result<ExitCode> {
         let total: i64 = size.values().map(|s| s.1).sum();
         print_matrix(a.common.format, &groups, &size, &d)?;
         eprintln!(
-            "{} groups, {total} filters, {:.2} s ({:.1}M filters/s over 3 passes)",
+            "{} groups, {total} filters, {:.2} s ({:.1}M filters/s over {passes} passes)",
             groups.len(),
             secs,
             total as f64 / secs / 1e6

@@ -45,6 +45,7 @@ pub fn all_aggregate() -> Vec<Arc<AggregateUDF>> {
         aggregate::coef_histogram::coef_histogram_udaf(),
         aggregate::coef_histogram_merge::coef_histogram_merge_udaf(),
         aggregate::coef_range::coef_range_udaf(),
+        aggregate::largest_filters::largest_filters_udaf(),
         aggregate::layer_sparsity::layer_sparsity_udaf(),
         aggregate::variance_entropy::variance_entropy_udaf(),
         aggregate::variance_entropy::variance_entropy_norm_udaf(),

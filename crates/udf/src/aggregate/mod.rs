@@ -2,6 +2,7 @@
 pub mod coef_histogram;
 pub mod coef_histogram_merge;
 pub mod coef_range;
+pub mod largest_filters;
 pub mod layer_degeneration;
 pub mod layer_sparsity;
 pub mod orthogonality;
