@@ -318,8 +318,8 @@ fn peak_scale_is_fused_into_pca_project() {
 #[test]
 fn kl_matrix_passes_follow_the_range_guess() {
     let store = fixture_store("f16");
-    let passes = |k: &str| {
-        let out = crate::common::run(&[
+    let args = |k: &'static str| {
+        [
             "analyze",
             "kl-matrix",
             "--store",
@@ -328,7 +328,10 @@ fn kl_matrix_passes_follow_the_range_guess() {
             "task",
             "--range-candidates",
             k,
-        ]);
+        ]
+    };
+    let passes = |k: &'static str| {
+        let out = crate::common::run(&args(k));
         assert!(out.status.success(), "{out:?}");
         let err = String::from_utf8_lossy(&out.stderr).to_string();
         err.split(" passes)")
@@ -339,15 +342,6 @@ fn kl_matrix_passes_follow_the_range_guess() {
     };
     assert_eq!(passes("16384"), 2);
     assert_eq!(passes("1"), 3);
-    let bad = crate::common::fails(&[
-        "analyze",
-        "kl-matrix",
-        "--store",
-        s(store),
-        "--by",
-        "task",
-        "--range-candidates",
-        "0",
-    ]);
+    let bad = crate::common::fails(&args("0"));
     assert!(bad.contains("--range-candidates"), "{bad}");
 }
