@@ -717,8 +717,12 @@ impl<T: ExactFloat> OrthogonalityState<T> {
         // Filters usually arrive in (out, in) order (the store's order): then the pairs
         // are strictly increasing and neither a sort nor a duplicate check is needed.
         let in_order = (1..k).all(|i| (l.out[i - 1], l.inp[i - 1]) < (l.out[i], l.inp[i]));
-        let mut idx: Vec<usize> = (0..k).collect();
-        if !in_order {
+        // The filters in (out, in) order: `sorted[j]`, or `j` itself when they arrived in
+        // order (no index vector then: a large layer's would be megabytes of fresh pages).
+        let sorted: Option<Vec<usize>> = if in_order {
+            None
+        } else {
+            let mut idx: Vec<usize> = (0..k).collect();
             idx.sort_unstable_by_key(|&i| (l.out[i], l.inp[i]));
             for p in idx.windows(2) {
                 if (l.out[p[0]], l.inp[p[0]]) == (l.out[p[1]], l.inp[p[1]]) {
@@ -729,7 +733,9 @@ impl<T: ExactFloat> OrthogonalityState<T> {
                     );
                 }
             }
-        }
+            Some(idx)
+        };
+        let at = |j: usize| sorted.as_ref().map_or(j, |idx| idx[j]);
         // The group's in channels: when the pairs arrived in order, the first out
         // channel's (every other one is checked against them below; a mismatch falls back
         // to the full list for the error message).
@@ -750,18 +756,13 @@ impl<T: ExactFloat> OrthogonalityState<T> {
         let mut start = 0;
         let mut runs = 0;
         while start < k {
-            let o = l.out[idx[start]];
+            let o = l.out[at(start)];
             let mut end = start;
-            while end < k && l.out[idx[end]] == o {
+            while end < k && l.out[at(end)] == o {
                 end += 1;
             }
-            if end - start != n_in
-                || idx[start..end]
-                    .iter()
-                    .zip(&ins)
-                    .any(|(&i, &c)| l.inp[i] != c)
-            {
-                let have: Vec<i64> = idx[start..end].iter().map(|&i| l.inp[i]).collect();
+            if end - start != n_in || (start..end).zip(&ins).any(|(j, &c)| l.inp[at(j)] != c) {
+                let have: Vec<i64> = (start..end).map(|j| l.inp[at(j)]).collect();
                 let missing = all_ins()
                     .into_iter()
                     .find(|c| !have.contains(c))
@@ -780,8 +781,13 @@ impl<T: ExactFloat> OrthogonalityState<T> {
         ROWS.with_borrow_mut(|rows| {
             rows.clear();
             rows.reserve(k * 9);
-            for &i in &idx {
-                rows.extend(l.w[i * 9..i * 9 + 9].iter().map(|v| T::widen(*v)));
+            match &sorted {
+                None => rows.extend(l.w[..k * 9].iter().map(|v| T::widen(*v))),
+                Some(idx) => {
+                    for &i in idx {
+                        rows.extend(l.w[i * 9..i * 9 + 9].iter().map(|v| T::widen(*v)));
+                    }
+                }
             }
             let v = orthogonality_kernel(rows, n_out, n_in * 9);
             release_large(rows);
