@@ -281,6 +281,23 @@ fn as_uninit(s: &mut [f32]) -> &mut [std::mem::MaybeUninit<f32>] {
     unsafe { &mut *(s as *mut [f32] as *mut [std::mem::MaybeUninit<f32>]) }
 }
 
+/// The value a parameter column holds in every row of `rows`, when none of them is
+/// NULL and each is `same` as the first: one check per run of a group instead of one
+/// per row. `None` otherwise (and for an empty run); the caller then checks row by row,
+/// which also finds the row to name in the error.
+pub fn uniform_value<T: arrow::datatypes::ArrowPrimitiveType>(
+    a: &arrow::array::PrimitiveArray<T>,
+    rows: std::ops::Range<usize>,
+    same: impl Fn(T::Native, T::Native) -> bool,
+) -> Option<T::Native> {
+    if a.null_count() > 0 && rows.clone().any(|i| a.is_null(i)) {
+        return None;
+    }
+    let vals = &a.values()[rows];
+    let first = *vals.first()?;
+    vals.iter().all(|&v| same(first, v)).then_some(first)
+}
+
 /// The maximal runs of equal group indices, in order: `(group, rows)`. A batch without
 /// GROUP BY is one run; the aggregates process a run with one product or lookup.
 pub fn group_runs(groups: &[usize]) -> impl Iterator<Item = (usize, std::ops::Range<usize>)> + '_ {

@@ -42,7 +42,7 @@ use datafusion::logical_expr::{
 };
 
 use super::layer_sparsity::{DOC_SECTION, GroupAgg, Groups, Single, passes};
-use crate::common::{Filters, Flat, coerce_weights, fsl_f64, group_runs};
+use crate::common::{Filters, Flat, coerce_weights, fsl_f64, group_runs, uniform_value};
 
 const NAME: &str = "largest_filters";
 
@@ -195,21 +195,25 @@ impl LargestFiltersAgg {
         }
     }
 
-    /// The `k` of rows `rows` of group `g` (all the same, none NULL).
+    /// The `k` of rows `rows` of group `g`: one check when the run holds one value,
+    /// else row by row (which names the NULL or the second value in the error).
     fn run_k(&mut self, g: usize, k: &Int64Array, rows: Range<usize>) -> Result<usize> {
-        if k.null_count() > 0 && (rows.clone()).any(|i| k.is_null(i)) {
+        if let Some(v) = uniform_value(k, rows.clone(), |a, b| a == b) {
+            return self.set_k(g, v);
+        }
+        let mut kk = 1;
+        for i in rows {
+            kk = self.row_k(g, k, i)?;
+        }
+        Ok(kk)
+    }
+
+    /// The `k` of row `i` of group `g`.
+    fn row_k(&mut self, g: usize, k: &Int64Array, i: usize) -> Result<usize> {
+        if k.is_null(i) {
             return exec_err!("{NAME}: k must not be NULL");
         }
-        let vals = &k.values()[rows];
-        let Some(&first) = vals.first() else {
-            return Ok(1);
-        };
-        if let Some(&other) = vals.iter().find(|&&x| x != first) {
-            return exec_err!(
-                "{NAME}: k must be the same for every row of a group, got {first} and {other}"
-            );
-        }
-        self.set_k(g, first)
+        self.set_k(g, k.value(i))
     }
 
     #[inline]
@@ -313,13 +317,7 @@ impl GroupAgg for LargestFiltersAgg {
                 if f.is_null(i) || !passes(filter, i) {
                     continue;
                 }
-                if k.is_null(i) {
-                    return exec_err!("{NAME}: k must not be NULL");
-                }
-                let kk = match self.k[g] {
-                    Some(old) if old as i64 == k.value(i) => old,
-                    _ => self.set_k(g, k.value(i))?,
-                };
+                let kk = self.row_k(g, k, i)?;
                 let x = match flat {
                     Flat::F32(v) => row_f32(v, i),
                     Flat::F64(v) => std::array::from_fn(|j| v[9 * i + j]),

@@ -39,7 +39,7 @@ use datafusion::logical_expr::{
 };
 
 use crate::common::{
-    Filters, Moments, coerce_weights, filter_max_abs, group_runs, sparse_threshold,
+    Filters, Moments, coerce_weights, filter_max_abs, group_runs, sparse_threshold, uniform_value,
 };
 
 /// The default sparsity threshold ratio (MISSION.md: 1 % of the layer's largest weight).
@@ -349,17 +349,9 @@ pub(crate) fn uniform_ratio(
     let Some(r) = ratio else {
         return Ok(Some(DEFAULT_RATIO));
     };
-    if r.null_count() > 0 || rows.is_empty() {
-        return Ok(None);
-    }
-    let first = r.value(rows.start).to_bits();
-    if r.values()[rows.clone()]
-        .iter()
-        .all(|v| v.to_bits() == first)
-    {
-        ratio_at(func, Some(r), rows.start).map(Some)
-    } else {
-        Ok(None)
+    match uniform_value(r, rows.clone(), |a, b| a.to_bits() == b.to_bits()) {
+        Some(_) => ratio_at(func, Some(r), rows.start).map(Some),
+        None => Ok(None),
     }
 }
 
