@@ -41,7 +41,9 @@ use arrow::array::{
 };
 use arrow::buffer::{Buffer, MutableBuffer, ScalarBuffer};
 use arrow::compute::SortOptions;
-use arrow::datatypes::{Float16Type, Float32Type, Int32Type, Schema, SchemaRef};
+use arrow::datatypes::{
+    DataType, Float16Type, Float32Type, Int32Type, Int64Type, Schema, SchemaRef,
+};
 use async_trait::async_trait;
 use bytes::Bytes;
 use datafusion::catalog::{Session, TableProvider};
@@ -75,6 +77,7 @@ use datafusion::physical_plan::{
     PlanProperties, ReplaceChildrenOptions, SendableRecordBatchStream, StatisticsArgs,
     apply_expression_roots,
 };
+use filterdb_store::delta::{Decoder, DeltaInt};
 use filterdb_store::{Precision as WeightPrecision, Snapshot, Store, filters_schema};
 use futures::StreamExt;
 use parquet::arrow::ProjectionMask;
@@ -996,6 +999,7 @@ impl ExecutionPlan for FilterScanExec {
             row_groups_pruned: metric("row_groups_pruned_dynamic"),
             in_place: metric("weight_chunks_in_place"),
             mapped: metric("weight_chunks_mapped"),
+            decoded: metric("id_chunks_decoded"),
             rows: MetricBuilder::new(&self.metrics).output_rows(partition),
         };
         // Reading starts when the stream is first polled, not here: a hash join polls
@@ -1055,6 +1059,8 @@ struct PartitionReader {
     in_place: Count,
     /// Of those, the ones used where the file is mapped.
     mapped: Count,
+    /// Id chunks decoded a batch at a time (`delta_ids`).
+    decoded: Count,
     rows: Count,
 }
 
@@ -1092,6 +1098,8 @@ impl PartitionReader {
         let mut left = self.limit.unwrap_or(usize::MAX);
         let mut open: Option<(PathBuf, File)> = None;
         let mut keep: Vec<bool> = Vec::new();
+        // A row group's layer_idx values, where its layer starts are needed.
+        let mut layers: Vec<i32> = Vec::new();
         for (i, u) in self.units.iter().enumerate() {
             if left == 0 {
                 break;
@@ -1116,12 +1124,16 @@ impl PartitionReader {
                 open = Some((u.file.path.clone(), f));
             }
             let (_, file) = open.as_ref().expect("opened above");
-            let columns = self.read_row_group(file, u)?;
+            let mut columns = self.read_row_group(file, u)?;
             // A row group cut by a layer split is counted where its first rows are read.
             if u.from.is_none() {
                 self.row_groups.add(1);
             }
-            let (mut offset, end, layer_starts) = self.row_span(file, u, &columns)?;
+            let (mut offset, end, layer_starts) = self.row_span(file, u, &columns, &mut layers)?;
+            for (k, c) in columns.iter_mut().enumerate() {
+                c.skip(offset)
+                    .map_err(|e| column_error(u, self.projection[k], &e))?;
+            }
             while offset < end && left > 0 {
                 // Batches end at multiples of the batch size inside the row group and
                 // where a layer starts.
@@ -1131,7 +1143,14 @@ impl PartitionReader {
                     .copied();
                 let stop = layer.map_or(grid, |s| s.min(grid));
                 let len = (stop.min(end) - offset).min(left);
-                let cols: Vec<ArrayRef> = columns.iter().map(|c| c.slice(offset, len)).collect();
+                let cols = columns
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(k, c)| {
+                        c.next(offset, len)
+                            .map_err(|e| column_error(u, self.projection[k], &e))
+                    })
+                    .collect::<Result<Vec<ArrayRef>>>()?;
                 let batch = RecordBatch::try_new_with_options(
                     Arc::clone(&self.schema),
                     cols,
@@ -1149,7 +1168,7 @@ impl PartitionReader {
     }
 
     /// The projected columns of one row group.
-    fn read_row_group(&self, file: &File, u: &Unit) -> Result<Vec<ArrayRef>> {
+    fn read_row_group(&self, file: &File, u: &Unit) -> Result<Vec<RowGroupColumn>> {
         let rg = u.file.meta.row_group(u.row_group);
         // The projected weight chunks, mapped as one range (they are adjacent in files
         // filterdb writes). The map lives as long as the batches that use it, so memory
@@ -1164,16 +1183,22 @@ impl PartitionReader {
         let lo = lo & !7;
         let map = (lo < hi).then(|| Mapped::new(file, lo, hi - lo)).flatten();
         let map = map.as_ref();
-        let mut columns: Vec<Option<ArrayRef>> = vec![None; self.projection.len()];
+        let mut columns: Vec<Option<RowGroupColumn>> = Vec::new();
+        columns.resize_with(self.projection.len(), || None);
         let mut slow: Vec<usize> = Vec::new();
         for (k, &c) in self.projection.iter().enumerate() {
+            let chunk = rg.column(c);
             if c >= FIRST_WEIGHT {
-                let chunk = rg.column(c);
                 if let Some(a) = self.read_plain_weights(file, map, u, c)? {
                     self.bytes.add(chunk.compressed_size() as usize);
-                    columns[k] = Some(a);
+                    columns[k] = Some(RowGroupColumn::Array(a));
                     continue;
                 }
+            } else if let Some(ids) = delta_ids(file, u, c, self.schema.field(k).data_type())? {
+                self.bytes.add(chunk.compressed_size() as usize);
+                self.decoded.add(1);
+                columns[k] = Some(ids);
+                continue;
             }
             slow.push(k);
         }
@@ -1187,7 +1212,7 @@ impl PartitionReader {
                 let col = batch.column_by_name(name).ok_or_else(|| {
                     exec_datafusion_err!("{}: no column {name}", u.file.path.display())
                 })?;
-                columns[k] = Some(Arc::clone(col));
+                columns[k] = Some(RowGroupColumn::Array(Arc::clone(col)));
             }
         }
         Ok(columns
@@ -1234,29 +1259,53 @@ impl PartitionReader {
     /// `layer_idx` column read (when it is not projected) to find where layers start:
     /// batches never span a layer, so a cut at a layer start never splits a batch and
     /// every partitioning forms the same batches (the aggregates' float sums are exact
-    /// across batches, not inside one).
+    /// across batches, not inside one). `values` is the partition's buffer for the
+    /// layer_idx values (decoded again from the page where the column is decoded a
+    /// batch at a time).
     fn row_span(
         &self,
         file: &File,
         u: &Unit,
-        columns: &[ArrayRef],
+        columns: &[RowGroupColumn],
+        values: &mut Vec<i32>,
     ) -> Result<(usize, usize, Vec<usize>)> {
         let several = u.layers.is_some_and(|(lo, hi)| lo < hi);
         if u.whole() && !several {
             return Ok((0, u.rows, Vec::new()));
         }
-        let layers = match self.projection.iter().position(|&c| c == LAYER_COLUMN) {
-            Some(k) => Arc::clone(&columns[k]),
-            None => Arc::clone(self.read_leaves(file, u, &[LAYER_COLUMN])?.column(0)),
+        let projected = self.projection.iter().position(|&c| c == LAYER_COLUMN);
+        let layers = match projected.map(|k| &columns[k]) {
+            Some(c) => c.clone(),
+            None => match delta_ids(file, u, LAYER_COLUMN, &DataType::Int32)? {
+                Some(c) => c,
+                None => RowGroupColumn::Array(Arc::clone(
+                    self.read_leaves(file, u, &[LAYER_COLUMN])?.column(0),
+                )),
+            },
         };
-        let Some(layers) = layers.as_primitive_opt::<Int32Type>() else {
-            return Err(exec_datafusion_err!(
-                "{}: layer_idx is {}, expected Int32",
-                u.file.path.display(),
-                layers.data_type()
-            ));
-        };
-        let values = layers.values();
+        values.clear();
+        match layers {
+            RowGroupColumn::Int32(mut d) => d
+                .read(u.rows, values)
+                .map_err(|e| column_error(u, LAYER_COLUMN, &e))?,
+            RowGroupColumn::Array(a) => match a.as_primitive_opt::<Int32Type>() {
+                Some(a) => values.extend_from_slice(a.values()),
+                None => {
+                    return Err(exec_datafusion_err!(
+                        "{}: layer_idx is {}, expected Int32",
+                        u.file.path.display(),
+                        a.data_type()
+                    ));
+                }
+            },
+            RowGroupColumn::Int64(_) => {
+                return Err(exec_datafusion_err!(
+                    "{}: layer_idx is Int64, expected Int32",
+                    u.file.path.display()
+                ));
+            }
+        }
+        let values = &values[..];
         let m = u.file.model_id;
         let bound = |key: Option<Key>, unbounded: usize| match key {
             None => unbounded,
@@ -1378,6 +1427,150 @@ impl PartitionReader {
             )),
         }
     }
+}
+
+/// A projected column of one row group, as the scan hands it out a batch at a time.
+#[derive(Clone)]
+enum RowGroupColumn {
+    /// Read whole (weights, and columns in forms other than the ones below): batches
+    /// are slices of it.
+    Array(ArrayRef),
+    /// An id column in the form filterdb writes (one DELTA_BINARY_PACKED page),
+    /// decoded as the batches are formed.
+    Int32(Decoder<i32>),
+    Int64(Decoder<i64>),
+}
+
+impl RowGroupColumn {
+    /// Pass over the row group's first `n` rows.
+    fn skip(&mut self, n: usize) -> parquet::errors::Result<()> {
+        match self {
+            RowGroupColumn::Array(_) => Ok(()),
+            RowGroupColumn::Int32(d) => d.skip(n),
+            RowGroupColumn::Int64(d) => d.skip(n),
+        }
+    }
+
+    /// Rows `offset..offset + len`: the rows after those read or skipped so far.
+    fn next(&mut self, offset: usize, len: usize) -> parquet::errors::Result<ArrayRef> {
+        fn decode<T: DeltaInt>(d: &mut Decoder<T>, len: usize) -> parquet::errors::Result<Vec<T>> {
+            let mut v = Vec::with_capacity(len);
+            d.read(len, &mut v)?;
+            Ok(v)
+        }
+        Ok(match self {
+            RowGroupColumn::Array(a) => a.slice(offset, len),
+            RowGroupColumn::Int32(d) => Arc::new(PrimitiveArray::<Int32Type>::new(
+                ScalarBuffer::from(decode(d, len)?),
+                None,
+            )),
+            RowGroupColumn::Int64(d) => Arc::new(PrimitiveArray::<Int64Type>::new(
+                ScalarBuffer::from(decode(d, len)?),
+                None,
+            )),
+        })
+    }
+}
+
+/// An error reading column `c` (of the `filters` schema) of unit `u`'s row group,
+/// naming the file and the column.
+fn column_error(u: &Unit, c: usize, e: &dyn fmt::Display) -> datafusion::error::DataFusionError {
+    exec_datafusion_err!(
+        "{}: column {}, row group {}: {e}",
+        u.file.path.display(),
+        u.file.meta.row_group(u.row_group).column(c).column_path(),
+        u.row_group
+    )
+}
+
+/// Id column `c` of a row group as a [`Decoder`] of `data_type` (Int32 or Int64), when
+/// its chunk has the form filterdb writes: one data page of DELTA_BINARY_PACKED values
+/// without NULLs (any codec). `None` for any other form, which parquet-rs's reader then
+/// reads.
+fn delta_ids(
+    file: &File,
+    u: &Unit,
+    c: usize,
+    data_type: &DataType,
+) -> Result<Option<RowGroupColumn>> {
+    use parquet::basic::Type as Physical;
+    use std::os::unix::fs::FileExt;
+    let chunk = u.file.meta.row_group(u.row_group).column(c);
+    let descr = chunk.column_descr();
+    let typed = matches!(
+        (data_type, chunk.column_type()),
+        (DataType::Int32, Physical::INT32) | (DataType::Int64, Physical::INT64)
+    );
+    if !typed
+        || chunk.dictionary_page_offset().is_some()
+        || descr.max_rep_level() != 0
+        || !chunk
+            .encodings()
+            .any(|e| e == Encoding::DELTA_BINARY_PACKED)
+    {
+        return Ok(None);
+    }
+    let (start, len) = chunk.byte_range();
+    let Ok(len) = usize::try_from(len) else {
+        return Ok(None);
+    };
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, start)
+        .map_err(|e| exec_datafusion_err!("reading filter file {}: {e}", u.file.path.display()))?;
+    let bytes = ChunkBytes {
+        start,
+        bytes: Bytes::from(buf),
+    };
+    let mut pages = SerializedPageReader::new(Arc::new(bytes), chunk, u.rows, None)?;
+    let Some(page) = pages.get_next_page()? else {
+        return Ok(None);
+    };
+    if pages.get_next_page()?.is_some() {
+        return Ok(None);
+    }
+    let values = match page {
+        Page::DataPageV2 {
+            buf,
+            num_values,
+            encoding: Encoding::DELTA_BINARY_PACKED,
+            num_nulls: 0,
+            def_levels_byte_len,
+            rep_levels_byte_len: 0,
+            ..
+        } if num_values as usize == u.rows && def_levels_byte_len as usize <= buf.len() => {
+            buf.slice(def_levels_byte_len as usize..)
+        }
+        Page::DataPage {
+            buf,
+            num_values,
+            encoding: Encoding::DELTA_BINARY_PACKED,
+            ..
+        } if num_values as usize == u.rows && descr.max_def_level() == 0 => buf,
+        _ => return Ok(None),
+    };
+    let wrong = |n: usize| {
+        exec_datafusion_err!(
+            "{}: column {} holds {n} values in row group {}, expected {}",
+            u.file.path.display(),
+            chunk.column_path(),
+            u.row_group,
+            u.rows
+        )
+    };
+    let column = if *data_type == DataType::Int32 {
+        let d = Decoder::<i32>::new(values).map_err(|e| column_error(u, c, &e))?;
+        if d.remaining() != u.rows {
+            return Err(wrong(d.remaining()));
+        }
+        RowGroupColumn::Int32(d)
+    } else {
+        let d = Decoder::<i64>::new(values).map_err(|e| column_error(u, c, &e))?;
+        if d.remaining() != u.rows {
+            return Err(wrong(d.remaining()));
+        }
+        RowGroupColumn::Int64(d)
+    };
+    Ok(Some(column))
 }
 
 /// A data page's values when it is PLAIN without levels and holds `width`-byte values
@@ -1699,6 +1892,93 @@ mod tests {
         let mapped = plain["weight_chunks_mapped"];
         assert!(mapped > 0 && mapped < chunks, "{plain:?}");
         assert_eq!(dictionary["weight_chunks_in_place"], 0, "{dictionary:?}");
+    }
+
+    /// Id chunks of one DELTA_BINARY_PACKED page (the form filterdb writes; here
+    /// zstd-compressed, v2 pages) are decoded a batch at a time and give the answers of
+    /// parquet-rs's reader on the same rows in other forms (PLAIN, and DELTA in several
+    /// pages), over 1 to 4 partitions: layer splits start inside row groups, so the
+    /// decoders skip rows, and queries without `layer_idx` decode it for the layer
+    /// starts.
+    #[tokio::test]
+    async fn delta_id_chunks_are_decoded_a_batch_at_a_time() {
+        use parquet::file::properties::WriterVersion;
+        use parquet::schema::types::ColumnPath;
+        let form = |delta: bool, pages: usize| {
+            let mut b = WriterProperties::builder()
+                .set_max_row_group_row_count(Some(GROUP))
+                .set_writer_version(WriterVersion::PARQUET_2_0)
+                .set_data_page_row_count_limit(pages)
+                .set_write_batch_size(pages);
+            for c in ID_COLUMNS {
+                if delta {
+                    b = b
+                        .set_column_encoding(ColumnPath::from(c), Encoding::DELTA_BINARY_PACKED)
+                        .set_column_dictionary_enabled(ColumnPath::from(c), false)
+                        .set_column_compression(
+                            ColumnPath::from(c),
+                            Compression::ZSTD(Default::default()),
+                        );
+                }
+            }
+            b.build()
+        };
+        let queries = [
+            "SELECT model_id, layer_idx, count(*) AS n, sum(filter_id) AS f, \
+             sum(out_channel) AS o, sum(in_channel * (out_channel + 1)) AS i, \
+             max(in_channel) AS m FROM filter_columns \
+             GROUP BY model_id, layer_idx ORDER BY model_id, layer_idx",
+            "SELECT model_id, count(*) AS n, sum(filter_id) AS f, sum(in_channel) AS i \
+             FROM filter_columns GROUP BY model_id ORDER BY model_id",
+            "SELECT filter_id, layer_idx, out_channel, in_channel FROM filter_columns \
+             WHERE layer_idx = 2 AND out_channel = 7 ORDER BY filter_id",
+        ];
+        let chunks_per_file = ID_COLUMNS.len() * GROUPS_PER_FILE;
+        for (delta, pages, decoded) in [(true, 20_000, true), (true, 16, false), (false, 16, false)]
+        {
+            let dir = tempfile::tempdir().unwrap();
+            let files: Vec<_> = (0..MODELS)
+                .map(|m| write_model_with(dir.path(), m, form(delta, pages)))
+                .collect();
+            for sql in queries {
+                let mut answers = Vec::new();
+                for partitions in 1..=4 {
+                    let ctx = new_session(&SessionOptions {
+                        target_partitions: Some(partitions),
+                        ..Default::default()
+                    })
+                    .unwrap();
+                    let table = FilterColumnsTable::from_files(WeightPrecision::F32, files.clone());
+                    ctx.register_table("filter_columns", Arc::new(table))
+                        .unwrap();
+                    let (answer, m) = run(&ctx, sql).await;
+                    let n = m.get("id_chunks_decoded").copied().unwrap_or(0);
+                    if decoded && sql.contains("GROUP BY model_id, layer_idx") {
+                        // Every chunk, and those of a row group a layer split cuts once
+                        // more (both sides read it).
+                        let all = MODELS as usize * chunks_per_file;
+                        assert!(n % ID_COLUMNS.len() == 0 && n >= all, "{partitions}: {m:?}");
+                        if partitions == 1 {
+                            assert_eq!(n, all, "{m:?}");
+                        }
+                    } else {
+                        assert_eq!(n > 0, decoded, "{delta} {pages} {partitions}: {m:?}");
+                    }
+                    answers.push(answer);
+                }
+                assert!(answers[0].lines().count() > 4, "{}", answers[0]);
+                for a in &answers[1..] {
+                    assert_eq!(a, &answers[0], "{sql}");
+                }
+                let plain = tempfile::tempdir().unwrap();
+                let reference: Vec<_> = (0..MODELS).map(|m| write_model(plain.path(), m)).collect();
+                let ctx = new_session(&SessionOptions::default()).unwrap();
+                let table = FilterColumnsTable::from_files(WeightPrecision::F32, reference);
+                ctx.register_table("filter_columns", Arc::new(table))
+                    .unwrap();
+                assert_eq!(run(&ctx, sql).await.0, answers[0], "{sql}");
+            }
+        }
     }
 
     /// The answer of `sql` (pretty-printed) and the summed metrics of its scan.

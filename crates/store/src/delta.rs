@@ -1,5 +1,6 @@
 //! Parquet's DELTA_BINARY_PACKED encoding of integer columns: the store's id columns
-//! and exports' (`filterdb_sql`), as one-page column chunks ([`int_chunk`]).
+//! and exports' (`filterdb_sql`), as one-page column chunks ([`int_chunk`]), and the
+//! decoder the scan reads them back with, a batch at a time ([`Decoder`]).
 //!
 //! The layout (parquet-format `Encodings.md`): a header `<block size> <miniblocks per
 //! block> <value count> <first value>` (ULEB128, the first value zigzag), then per block
@@ -12,7 +13,10 @@
 //! took ~30 % of the CPU of an npy export's ids side file at 24M rows, and ~25 % of an
 //! ingest's. Ids come in runs (a model's, a layer's, an out channel's filters are
 //! consecutive), so most blocks have one delta and a zero bit width: this encoder tests
-//! that per block and packs the rest 32 values at a time.
+//! that per block and packs the rest 32 values at a time. The decoder is by hand for the
+//! same runs, and because parquet-rs's Arrow reader decodes a whole row group's column
+//! into fresh memory: the scan decodes each batch's values where it forms the batch
+//! (see [`Decoder`]).
 
 /// Deltas per block.
 pub const BLOCK: usize = 128;
@@ -38,6 +42,12 @@ pub trait DeltaInt: Copy + Ord + Default {
     /// `self - min` in the type's width (wrapping), as unsigned bits.
     fn offset_from(self, min: Self) -> u64;
     fn to_i64(self) -> i64;
+    /// The type's low bits of `v` (wrapping).
+    fn from_i64(v: i64) -> Self;
+    /// `self + d` in the type's width (wrapping).
+    fn plus(self, d: Self) -> Self;
+    /// Bits in the type.
+    const BITS: u32;
     /// A chunk's statistics: no NULLs, these bounds.
     fn statistics(min: Option<Self>, max: Option<Self>) -> Statistics;
 }
@@ -52,6 +62,13 @@ impl DeltaInt for i32 {
     fn to_i64(self) -> i64 {
         i64::from(self)
     }
+    fn from_i64(v: i64) -> i32 {
+        v as i32
+    }
+    fn plus(self, d: i32) -> i32 {
+        self.wrapping_add(d)
+    }
+    const BITS: u32 = 32;
     fn statistics(min: Option<i32>, max: Option<i32>) -> Statistics {
         Statistics::int32(min, max, None, Some(0), false)
     }
@@ -67,6 +84,13 @@ impl DeltaInt for i64 {
     fn to_i64(self) -> i64 {
         self
     }
+    fn from_i64(v: i64) -> i64 {
+        v
+    }
+    fn plus(self, d: i64) -> i64 {
+        self.wrapping_add(d)
+    }
+    const BITS: u32 = 64;
     fn statistics(min: Option<i64>, max: Option<i64>) -> Statistics {
         Statistics::int64(min, max, None, Some(0), false)
     }
@@ -89,7 +113,10 @@ fn put_zigzag(out: &mut Vec<u8>, v: i64) {
 /// DELTA_BINARY_PACKED to `out`. The pieces are the arrays of the batches that make up
 /// a row group: encoding them where they are saves gathering them into one fresh
 /// buffer per column (its pages zeroed by the kernel for every row group).
-pub fn encode<T: DeltaInt>(parts: &[&[T]], out: &mut Vec<u8>) {
+///
+/// Returns the values' minimum and maximum (`None` without values), found block by
+/// block while the values are in cache rather than in a pass of their own.
+pub fn encode<T: DeltaInt>(parts: &[&[T]], out: &mut Vec<u8>) -> (Option<T>, Option<T>) {
     let count: usize = parts.iter().map(|p| p.len()).sum();
     let mut pieces = parts.iter().copied().skip_while(|p| p.is_empty());
     let head = pieces.next().unwrap_or_default();
@@ -101,6 +128,7 @@ pub fn encode<T: DeltaInt>(parts: &[&[T]], out: &mut Vec<u8>) {
     let mut deltas = [T::default(); BLOCK];
     let mut m = 0;
     let mut prev = first;
+    let (mut lo, mut hi) = (first, first);
     // The first piece after its first value, then every later one: each is cut where
     // blocks end, and a piece's deltas are taken after the value carried before it.
     for mut rest in std::iter::once(head.get(1..).unwrap_or_default()).chain(pieces) {
@@ -112,6 +140,10 @@ pub fn encode<T: DeltaInt>(parts: &[&[T]], out: &mut Vec<u8>) {
                 *d = w[1].delta(w[0]);
             }
             prev = piece[take - 1];
+            if let (Some(l), Some(h)) = bounds(piece) {
+                lo = lo.min(l);
+                hi = hi.max(h);
+            }
             m += take;
             rest = tail;
             if m == BLOCK {
@@ -123,6 +155,10 @@ pub fn encode<T: DeltaInt>(parts: &[&[T]], out: &mut Vec<u8>) {
     if m > 0 {
         block(&deltas[..m], out);
     }
+    if count == 0 {
+        return (None, None);
+    }
+    (Some(lo), Some(hi))
 }
 
 /// One block of deltas: its minimum, the miniblocks' bit widths, the packed offsets.
@@ -176,13 +212,7 @@ pub fn int_chunk<T: DeltaInt>(
     let num_rows = u32::try_from(rows)
         .map_err(|_| ParquetError::General(format!("{rows} rows do not fit one page")))?;
     let mut body = Vec::new();
-    encode(parts, &mut body);
-    let (min, max) = parts
-        .iter()
-        .map(|p| bounds(p))
-        .fold((None, None), |(lo, hi), (l, h)| {
-            (lo.into_iter().chain(l).min(), hi.into_iter().chain(h).max())
-        });
+    let (min, max) = encode(parts, &mut body);
     let def = definition_levels(rows, descr.max_def_level());
     let uncompressed = def.len() + body.len();
     let zstd =
@@ -214,6 +244,325 @@ pub fn int_chunk<T: DeltaInt>(
         statistics: Some(T::statistics(min, max)),
     };
     chunk.write(page, descr)
+}
+
+/// Reads a DELTA_BINARY_PACKED stream ([`encode`]'s, or any conforming writer's) a run
+/// of values at a time, a miniblock at a time: the scan decodes each batch's ids where
+/// it builds the batch, into small buffers the allocator reuses, instead of a whole row
+/// group's column into fresh memory (parquet-rs's reader: ~18 % of an npy export's CPU,
+/// a third of it the kernel zeroing the new pages).
+#[derive(Debug, Clone)]
+pub struct Decoder<T> {
+    data: Bytes,
+    /// The next unread byte of `data`.
+    pos: usize,
+    minis: usize,
+    per_mini: usize,
+    /// Values not yet decoded into `buf`.
+    left: usize,
+    /// The last value decoded.
+    prev: T,
+    /// The current block's minimum delta and its miniblocks' bit widths.
+    min: T,
+    widths: Vec<u8>,
+    /// The current block's next miniblock (`minis`: a block header comes next).
+    next_mini: usize,
+    /// Decoded values `buf[at..len]` not handed out yet.
+    buf: Vec<T>,
+    /// `k * steps_of` for k = 1..=per_mini (arithmetic runs).
+    steps: Vec<T>,
+    steps_of: Option<T>,
+    at: usize,
+    len: usize,
+}
+
+fn read_varint(data: &[u8], pos: &mut usize) -> Result<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let Some(&byte) = data.get(*pos) else {
+            break;
+        };
+        *pos += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte < 0x80 {
+            return Ok(v);
+        }
+    }
+    Err(ParquetError::General(
+        "DELTA_BINARY_PACKED: a varint runs past its page".into(),
+    ))
+}
+
+fn read_zigzag(data: &[u8], pos: &mut usize) -> Result<i64> {
+    let v = read_varint(data, pos)?;
+    Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
+}
+
+/// The `width` bits (58 to 64) of `body` from bit `bit` on (LSB first); bytes past
+/// the end read as zeros.
+fn wide_bits_at(body: &[u8], bit: usize, width: u32) -> u64 {
+    let mut b = [0u8; 16];
+    let tail = body.get(bit / 8..).unwrap_or_default();
+    let k = tail.len().min(16);
+    b[..k].copy_from_slice(&tail[..k]);
+    let v = (u128::from_le_bytes(b) >> (bit % 8)) as u64;
+    if width == 64 {
+        v
+    } else {
+        v & ((1u64 << width) - 1)
+    }
+}
+
+impl<T: DeltaInt> Decoder<T> {
+    /// A decoder of the stream at the start of `data` (a page's values).
+    ///
+    /// # Errors
+    /// A header that does not describe a valid stream.
+    pub fn new(data: Bytes) -> Result<Decoder<T>> {
+        let mut pos = 0;
+        let block = read_varint(&data, &mut pos)?;
+        let minis = read_varint(&data, &mut pos)?;
+        let count = read_varint(&data, &mut pos)?;
+        let first = read_zigzag(&data, &mut pos)?;
+        let per_mini = block.checked_div(minis).unwrap_or(0);
+        if block == 0
+            || block % 128 != 0
+            || block > 1 << 16
+            || per_mini == 0
+            || per_mini % 32 != 0
+            || block % minis != 0
+        {
+            return Err(ParquetError::General(format!(
+                "DELTA_BINARY_PACKED: a block of {block} values in {minis} miniblocks is not valid"
+            )));
+        }
+        let (minis, per_mini) = (minis as usize, per_mini as usize);
+        let count = usize::try_from(count)
+            .map_err(|_| ParquetError::General(format!("DELTA_BINARY_PACKED: {count} values")))?;
+        let first = T::from_i64(first);
+        let mut buf = vec![T::default(); per_mini.max(1)];
+        buf[0] = first;
+        Ok(Decoder {
+            data,
+            pos,
+            minis,
+            per_mini,
+            left: count.saturating_sub(1),
+            prev: first,
+            min: T::default(),
+            widths: vec![0; minis],
+            next_mini: minis,
+            buf,
+            steps: vec![T::default(); per_mini],
+            steps_of: None,
+            at: 0,
+            len: usize::from(count > 0),
+        })
+    }
+
+    /// Values not read yet.
+    pub fn remaining(&self) -> usize {
+        self.left + self.len - self.at
+    }
+
+    /// Read the next block's header when the current block is used up.
+    fn block_header(&mut self) -> Result<()> {
+        if self.next_mini < self.minis {
+            return Ok(());
+        }
+        self.min = T::from_i64(read_zigzag(&self.data, &mut self.pos)?);
+        let widths = self
+            .data
+            .get(self.pos..self.pos + self.minis)
+            .ok_or_else(|| {
+                ParquetError::General(
+                    "DELTA_BINARY_PACKED: a block header runs past its page".into(),
+                )
+            })?;
+        self.widths.copy_from_slice(widths);
+        self.pos += self.minis;
+        self.next_mini = 0;
+        Ok(())
+    }
+
+    /// Decode the next miniblock's first `dst.len()` values (all of them, or the
+    /// stream's last ones) into `dst`.
+    fn mini<S: Slot<T>>(&mut self, dst: &mut [S]) -> Result<()> {
+        self.block_header()?;
+        let width = u32::from(self.widths[self.next_mini]);
+        if width > T::BITS {
+            return Err(ParquetError::General(format!(
+                "DELTA_BINARY_PACKED: a miniblock of width {width} in a {}-bit column",
+                T::BITS
+            )));
+        }
+        let n = dst.len();
+        let end = (self.pos + self.per_mini * width as usize / 8).min(self.data.len());
+        // The miniblock and the bytes after it, which word reads may include (masked).
+        let body = &self.data[self.pos..];
+        if end - self.pos < (n * width as usize).div_ceil(8) {
+            return Err(ParquetError::General(
+                "DELTA_BINARY_PACKED: a miniblock runs past its page".into(),
+            ));
+        }
+        let (prev, min) = (self.prev, self.min);
+        let last = if width == 0 && min == T::default() {
+            // A run of one value (a model's, a layer's, an out channel's rows).
+            for v in dst.iter_mut() {
+                v.set(prev);
+            }
+            prev
+        } else if width == 0 {
+            // An arithmetic run: the previous value plus k times the minimum delta,
+            // from a table of those multiples kept per minimum.
+            if self.steps_of != Some(min) {
+                let mut step = T::default();
+                for s in &mut self.steps {
+                    step = step.plus(min);
+                    *s = step;
+                }
+                self.steps_of = Some(min);
+            }
+            for (v, &s) in dst.iter_mut().zip(&self.steps) {
+                v.set(prev.plus(s));
+            }
+            prev.plus(self.steps[n - 1])
+        } else if width <= 57 {
+            // Each value lies in the 8 bytes from its first byte on.
+            let mask = (1u64 << width) - 1;
+            let mut last = prev;
+            for (k, v) in dst.iter_mut().enumerate() {
+                let bit = k * width as usize;
+                let word = match body.get(bit / 8..bit / 8 + 8) {
+                    Some(b) => u64::from_le_bytes(b.try_into().expect("8 bytes")),
+                    None => tail_word(body, bit / 8),
+                };
+                let offset = (word >> (bit % 8)) & mask;
+                last = last.plus(min).plus(T::from_i64(offset as i64));
+                v.set(last);
+            }
+            last
+        } else {
+            let mut last = prev;
+            for (k, v) in dst.iter_mut().enumerate() {
+                let offset = wide_bits_at(body, k * width as usize, width);
+                last = last.plus(min).plus(T::from_i64(offset as i64));
+                v.set(last);
+            }
+            last
+        };
+        self.prev = last;
+        self.pos = end;
+        self.next_mini += 1;
+        self.left -= n;
+        Ok(())
+    }
+
+    /// Append the next `n` values to `out`.
+    ///
+    /// # Errors
+    /// Fewer than `n` values left, or a stream that ends early.
+    pub fn read(&mut self, n: usize, out: &mut Vec<T>) -> Result<()> {
+        self.check(n)?;
+        out.reserve(n);
+        let from = out.len();
+        let mut dst = &mut out.spare_capacity_mut()[..n];
+        // What is left of a miniblock decoded before, then whole miniblocks straight
+        // into `out`, then the first values of one more through `buf`.
+        let k = dst.len().min(self.len - self.at);
+        for (d, &v) in dst[..k].iter_mut().zip(&self.buf[self.at..]) {
+            d.write(v);
+        }
+        self.at += k;
+        dst = &mut dst[k..];
+        while !dst.is_empty() {
+            let whole = self.per_mini.min(self.left);
+            if dst.len() >= whole {
+                let (now, rest) = dst.split_at_mut(whole);
+                self.mini(now)?;
+                dst = rest;
+            } else {
+                self.buffer_mini(whole)?;
+                let k = dst.len();
+                for (d, &v) in dst.iter_mut().zip(&self.buf[..k]) {
+                    d.write(v);
+                }
+                self.at = k;
+                dst = &mut [];
+            }
+        }
+        // SAFETY: the loops above wrote each of the `n` values after `from` (an error
+        // returns before this, leaving `out` as it was).
+        unsafe { out.set_len(from + n) };
+        Ok(())
+    }
+
+    /// Decode the next miniblock (`n` values) into `buf`.
+    fn buffer_mini(&mut self, n: usize) -> Result<()> {
+        let mut buf = std::mem::take(&mut self.buf);
+        let got = self.mini(&mut buf[..n]);
+        self.buf = buf;
+        got?;
+        self.at = 0;
+        self.len = n;
+        Ok(())
+    }
+
+    /// Pass over the next `n` values.
+    ///
+    /// # Errors
+    /// As [`Decoder::read`].
+    pub fn skip(&mut self, mut n: usize) -> Result<()> {
+        self.check(n)?;
+        while n > 0 {
+            if self.at == self.len {
+                self.buffer_mini(self.per_mini.min(self.left))?;
+            }
+            let k = n.min(self.len - self.at);
+            self.at += k;
+            n -= k;
+        }
+        Ok(())
+    }
+
+    fn check(&self, n: usize) -> Result<()> {
+        if n > self.remaining() {
+            return Err(ParquetError::General(format!(
+                "DELTA_BINARY_PACKED: {n} values asked, {} left",
+                self.remaining()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Where [`Decoder`] puts a value: a slot of its own buffer, or of a vector's spare
+/// capacity (`read` decodes into the caller's vector without zeroing it first: the
+/// zeroing was 7 % of an id-only scan).
+trait Slot<T> {
+    fn set(&mut self, v: T);
+}
+
+impl<T> Slot<T> for T {
+    fn set(&mut self, v: T) {
+        *self = v;
+    }
+}
+
+impl<T> Slot<T> for std::mem::MaybeUninit<T> {
+    fn set(&mut self, v: T) {
+        self.write(v);
+    }
+}
+
+/// The 8 bytes of `body` from `byte` on, zeros past its end.
+#[cold]
+fn tail_word(body: &[u8], byte: usize) -> u64 {
+    let mut b = [0u8; 8];
+    let tail = body.get(byte..).unwrap_or_default();
+    let k = tail.len().min(8);
+    b[..k].copy_from_slice(&tail[..k]);
+    u64::from_le_bytes(b)
 }
 
 /// Bits needed for levels up to `max`.
@@ -344,6 +693,89 @@ mod tests {
             encode(&[&values], &mut whole);
             encode(&parts, &mut pieces);
             prop_assert_eq!(pieces, whole);
+        }
+
+        #[test]
+        fn the_decoder_reads_and_skips_what_encode_wrote(
+            values in prop::collection::vec(
+                prop_oneof![any::<i32>(), -3..3i32, Just(i32::MIN), Just(i32::MAX)], 1..900),
+            steps in prop::collection::vec((0..300usize, any::<bool>()), 0..8),
+        ) {
+            let mut bytes = Vec::new();
+            encode(&[&values], &mut bytes);
+            let mut d = Decoder::<i32>::new(Bytes::from(bytes)).unwrap();
+            prop_assert_eq!(d.remaining(), values.len());
+            let mut at = 0;
+            for (n, skip) in steps.into_iter().chain([(usize::MAX, false)]) {
+                let n = n.min(values.len() - at);
+                if skip {
+                    d.skip(n).unwrap();
+                } else {
+                    let mut out = vec![-1];
+                    d.read(n, &mut out).unwrap();
+                    prop_assert_eq!(&out[1..], &values[at..at + n]);
+                }
+                at += n;
+                prop_assert_eq!(d.remaining(), values.len() - at);
+            }
+            prop_assert!(d.read(1, &mut Vec::new()).is_err());
+        }
+
+        #[test]
+        fn the_decoder_reads_runs_and_counting(
+            runs in prop::collection::vec((-3..3i32, -2..3i32, 1..200usize), 1..12),
+            batch in 1..100usize,
+        ) {
+            // Ids as the store holds them: constant runs, counting runs, jumps.
+            let mut values = Vec::new();
+            for (start, step, len) in runs {
+                values.extend((0..len as i32).map(|k| start * 1000 + step * k));
+            }
+            let mut bytes = Vec::new();
+            encode(&[&values], &mut bytes);
+            let mut d = Decoder::<i32>::new(Bytes::from(bytes)).unwrap();
+            let mut out = Vec::new();
+            while d.remaining() > 0 {
+                d.read(batch.min(d.remaining()), &mut out).unwrap();
+            }
+            prop_assert_eq!(out, values);
+        }
+
+        #[test]
+        fn the_decoder_reads_i64(
+            values in prop::collection::vec(prop_oneof![any::<i64>(), -3..3i64], 1..400)
+        ) {
+            let mut bytes = Vec::new();
+            encode(&[&values], &mut bytes);
+            let mut out = Vec::new();
+            Decoder::<i64>::new(Bytes::from(bytes)).unwrap().read(values.len(), &mut out).unwrap();
+            prop_assert_eq!(out, values);
+        }
+
+        #[test]
+        fn a_cut_stream_is_an_error_not_a_panic_nor_wrong_values(
+            values in prop::collection::vec(any::<i32>(), 1..300),
+            cut in 0..2000usize,
+        ) {
+            let mut bytes = Vec::new();
+            encode(&[&values], &mut bytes);
+            let cut = cut % bytes.len();
+            bytes.truncate(cut);
+            // Only the last miniblock's padding may go missing unnoticed.
+            let mut out = Vec::new();
+            let got = Decoder::<i32>::new(Bytes::from(bytes))
+                .and_then(|mut d| d.read(values.len(), &mut out));
+            prop_assert!(got.is_err() || out == values);
+        }
+
+        #[test]
+        fn encode_returns_the_bounds(
+            values in prop::collection::vec(any::<i32>(), 0..700),
+            cut in 0..700usize,
+        ) {
+            let cut = cut.min(values.len());
+            let got = encode(&[&values[..cut], &values[cut..]], &mut Vec::new());
+            prop_assert_eq!(got, (values.iter().min().copied(), values.iter().max().copied()));
         }
 
         #[test]
