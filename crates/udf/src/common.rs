@@ -13,7 +13,6 @@ use arrow::array::{
 use arrow::buffer::{NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{DataType, Field, Fields, Float16Type, Float32Type, Float64Type};
 use datafusion::common::{Result, exec_err, plan_err};
-use half::slice::HalfFloatSliceExt;
 
 /// float32 machine epsilon: the density the paper's rule gives empty histogram bins.
 pub const EPS32: f64 = f32::EPSILON as f64;
@@ -90,7 +89,7 @@ impl<'a> Filters<'a> {
             DataType::Float16 => {
                 let src = v.as_primitive::<Float16Type>().values();
                 let mut wide = vec![0f32; src.len()];
-                src.convert_to_f32_slice(&mut wide);
+                crate::simd::widen_f16(src, &mut wide);
                 Values::F32(Cow::Owned(wide))
             }
             DataType::Float32 => {
@@ -220,7 +219,7 @@ pub fn for_each_widened(src: &[half::f16], mut f: impl FnMut(usize, &[f32])) {
     let mut buf = [0f32; WIDEN_CHUNK * 9];
     for (k, c) in src.chunks(WIDEN_CHUNK * 9).enumerate() {
         let b = &mut buf[..c.len()];
-        c.convert_to_f32_slice(b);
+        crate::simd::widen_f16(c, b);
         f(k * WIDEN_CHUNK, b);
     }
 }

@@ -165,6 +165,29 @@ pub fn moments_portable<T: Copy + Into<f64>>(
     }
 }
 
+/// `dst = src` widened from f16 to f32 (the same values, bit for bit, as
+/// `half`'s conversion).
+///
+/// With F16C, one loop under that feature converts 8 values an instruction. `half`'s
+/// slice conversion calls a function per 8 values (a `#[target_feature]` function
+/// cannot be inlined into its caller); in one build of session 10 that call loop took
+/// 22 % of `analyze kl-matrix` instead of 3 %, with the same code at other addresses.
+pub fn widen_f16(src: &[half::f16], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static F16C: OnceLock<bool> = OnceLock::new();
+        if *F16C.get_or_init(|| is_x86_feature_detected!("f16c") && is_x86_feature_detected!("avx"))
+        {
+            // SAFETY: the CPU supports F16C and AVX (checked above); lengths are equal.
+            unsafe { x86::widen_f16c(src, dst) };
+            return;
+        }
+    }
+    half::slice::HalfFloatSliceExt::convert_to_f32_slice(src, dst);
+}
+
 /// A vector of `len` values written by `fill`.
 ///
 /// # Safety
@@ -180,6 +203,21 @@ pub unsafe fn filled_vec<T: Copy>(len: usize, fill: impl FnOnce(&mut [MaybeUnini
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU must support F16C and AVX; `dst.len() == src.len()`.
+    #[target_feature(enable = "avx,f16c")]
+    pub(super) unsafe fn widen_f16c(src: &[half::f16], dst: &mut [f32]) {
+        let n = src.len() / 8 * 8;
+        for i in (0..n).step_by(8) {
+            // SAFETY: values i..i + 8 are in bounds of both slices (i + 8 <= n).
+            unsafe {
+                let v = _mm_loadu_si128(src.as_ptr().add(i).cast());
+                _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(v));
+            }
+        }
+        half::slice::HalfFloatSliceExt::convert_to_f32_slice(&src[n..], &mut dst[n..]);
+    }
     use std::mem::MaybeUninit;
 
     /// # Safety
@@ -399,6 +437,25 @@ mod tests {
             1 => Just(f32::INFINITY),
             1 => Just(f32::MIN_POSITIVE / 4.0),
         ]
+    }
+
+    #[test]
+    fn widen_f16_matches_half_for_every_value() {
+        let all: Vec<half::f16> = (0..=u16::MAX).map(half::f16::from_bits).collect();
+        // Every length mod 8, so the tail path runs too.
+        for cut in 0..8 {
+            let src = &all[cut..];
+            let mut got = vec![0f32; src.len()];
+            widen_f16(src, &mut got);
+            for (x, y) in src.iter().zip(&got) {
+                let want = x.to_f32();
+                assert!(
+                    want.to_bits() == y.to_bits() || (want.is_nan() && y.is_nan()),
+                    "{:#06x}: {want} vs {y}",
+                    x.to_bits()
+                );
+            }
+        }
     }
 
     proptest! {
