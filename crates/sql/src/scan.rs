@@ -1548,29 +1548,20 @@ fn delta_ids(
         } if num_values as usize == u.rows && descr.max_def_level() == 0 => buf,
         _ => return Ok(None),
     };
-    let wrong = |n: usize| {
-        exec_datafusion_err!(
-            "{}: column {} holds {n} values in row group {}, expected {}",
-            u.file.path.display(),
-            chunk.column_path(),
-            u.row_group,
-            u.rows
-        )
-    };
-    let column = if *data_type == DataType::Int32 {
-        let d = Decoder::<i32>::new(values).map_err(|e| column_error(u, c, &e))?;
+    /// A decoder of the page's values, which must be the row group's rows.
+    fn decoder<T: DeltaInt>(values: Bytes, u: &Unit, c: usize) -> Result<Decoder<T>> {
+        let d = Decoder::<T>::new(values).map_err(|e| column_error(u, c, &e))?;
         if d.remaining() != u.rows {
-            return Err(wrong(d.remaining()));
+            let held = format!("{} values, expected {}", d.remaining(), u.rows);
+            return Err(column_error(u, c, &held));
         }
-        RowGroupColumn::Int32(d)
+        Ok(d)
+    }
+    Ok(Some(if *data_type == DataType::Int32 {
+        RowGroupColumn::Int32(decoder(values, u, c)?)
     } else {
-        let d = Decoder::<i64>::new(values).map_err(|e| column_error(u, c, &e))?;
-        if d.remaining() != u.rows {
-            return Err(wrong(d.remaining()));
-        }
-        RowGroupColumn::Int64(d)
-    };
-    Ok(Some(column))
+        RowGroupColumn::Int64(decoder(values, u, c)?)
+    }))
 }
 
 /// A data page's values when it is PLAIN without levels and holds `width`-byte values

@@ -301,11 +301,7 @@ fn read_zigzag(data: &[u8], pos: &mut usize) -> Result<i64> {
 /// The `width` bits (58 to 64) of `body` from bit `bit` on (LSB first); bytes past
 /// the end read as zeros.
 fn wide_bits_at(body: &[u8], bit: usize, width: u32) -> u64 {
-    let mut b = [0u8; 16];
-    let tail = body.get(bit / 8..).unwrap_or_default();
-    let k = tail.len().min(16);
-    b[..k].copy_from_slice(&tail[..k]);
-    let v = (u128::from_le_bytes(b) >> (bit % 8)) as u64;
+    let v = (u128::from_le_bytes(padded(body, bit / 8)) >> (bit % 8)) as u64;
     if width == 64 {
         v
     } else {
@@ -340,7 +336,7 @@ impl<T: DeltaInt> Decoder<T> {
         let count = usize::try_from(count)
             .map_err(|_| ParquetError::General(format!("DELTA_BINARY_PACKED: {count} values")))?;
         let first = T::from_i64(first);
-        let mut buf = vec![T::default(); per_mini.max(1)];
+        let mut buf = vec![T::default(); per_mini];
         buf[0] = first;
         Ok(Decoder {
             data,
@@ -435,7 +431,7 @@ impl<T: DeltaInt> Decoder<T> {
                 let bit = k * width as usize;
                 let word = match body.get(bit / 8..bit / 8 + 8) {
                     Some(b) => u64::from_le_bytes(b.try_into().expect("8 bytes")),
-                    None => tail_word(body, bit / 8),
+                    None => u64::from_le_bytes(padded(body, bit / 8)),
                 };
                 let offset = (word >> (bit % 8)) & mask;
                 last = last.plus(min).plus(T::from_i64(offset as i64));
@@ -555,14 +551,15 @@ impl<T> Slot<T> for std::mem::MaybeUninit<T> {
     }
 }
 
-/// The 8 bytes of `body` from `byte` on, zeros past its end.
+/// The `N` bytes of `body` from `byte` on, zeros past its end (the stream's last
+/// words).
 #[cold]
-fn tail_word(body: &[u8], byte: usize) -> u64 {
-    let mut b = [0u8; 8];
+fn padded<const N: usize>(body: &[u8], byte: usize) -> [u8; N] {
+    let mut b = [0u8; N];
     let tail = body.get(byte..).unwrap_or_default();
-    let k = tail.len().min(8);
+    let k = tail.len().min(N);
     b[..k].copy_from_slice(&tail[..k]);
-    u64::from_le_bytes(b)
+    b
 }
 
 /// Bits needed for levels up to `max`.
