@@ -1,5 +1,6 @@
 //! The scan's id-column decoder (`filterdb_store::delta::Decoder`) against parquet-rs's
-//! Arrow reader on the same values, in values/s:
+//! Arrow reader, and the id-column encoder against its earlier scalar version, on the
+//! same values, in values/s:
 //!
 //! - `delta_decode/<column>/parquet-rs`: a one-row-group file (DELTA_BINARY_PACKED, as
 //!   the store writes ids) read whole by `ParquetRecordBatchReader`, which is how the
@@ -8,12 +9,21 @@
 //!   `filterdb_store::delta::encode` and decoded 8,192 at a time (a scan batch) into
 //!   fresh vectors, as the scan does now.
 //!
+//! - `delta_encode/<column>/reference`: the scalar encoder `filterdb_store::delta::encode`
+//!   was before it got a fixed-size block path (a copy, [`reference`]);
+//! - `delta_encode/<column>/filterdb`: `filterdb_store::delta::encode` now.
+//!
+//! Both encoders take the column in pieces of 8,192 values (an export's batches) and
+//! append to one reused buffer; their bytes and bounds are checked to be equal before
+//! timing.
+//!
 //! The columns are a model's ids in store order: `model_id` (one value), `layer_idx`,
 //! `out_channel` (runs) and `in_channel` (counting, wrapping at each out channel). Both
 //! decoders' values are checked to be equal before timing.
 //!
 //! ```text
-//! cargo bench -p filterdb-benches --bench delta
+//! CARGO_TARGET_DIR=/var/tmp/filterdb-target-release cargo bench -p filterdb-benches --bench delta
+//! cargo bench -p filterdb-benches --bench delta -- delta_encode     # the encoders only
 //! ```
 
 use std::hint::black_box;
@@ -129,6 +139,134 @@ fn bench_column<T: DeltaInt + PartialEq + std::fmt::Debug>(
         b.iter(|| filterdb::<T>(black_box(&encoded)))
     });
     g.finish();
+    bench_encode(c, name, &values);
+}
+
+/// `delta_encode/<name>`: the pre-change scalar encoder against `encode`, on `values` in
+/// pieces of a batch each.
+fn bench_encode<T: DeltaInt + PartialEq + std::fmt::Debug>(
+    c: &mut Criterion,
+    name: &str,
+    values: &[T],
+) {
+    let parts: Vec<&[T]> = values.chunks(BATCH).collect();
+    let (mut want, mut got) = (Vec::new(), Vec::new());
+    let want_bounds = reference::encode(&parts, &mut want);
+    let got_bounds = encode(&parts, &mut got);
+    assert_eq!(got_bounds, want_bounds, "{name}: encode's bounds");
+    assert!(
+        got == want,
+        "{name}: encode's bytes are not the reference's"
+    );
+    let mut out = Vec::with_capacity(want.len());
+    let mut g = c.benchmark_group(format!("delta_encode/{name}"));
+    g.sample_size(20)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .throughput(Throughput::Elements(values.len() as u64));
+    g.bench_function("reference", |b| {
+        b.iter(|| {
+            out.clear();
+            reference::encode(black_box(&parts), &mut out)
+        });
+    });
+    g.bench_function("filterdb", |b| {
+        b.iter(|| {
+            out.clear();
+            encode(black_box(&parts), &mut out)
+        });
+    });
+    g.finish();
+}
+
+/// The pre-change scalar encoder: `filterdb_store::delta::encode`, `block` and `pack` as
+/// they were before the fixed-size block path (deltas by `windows(2)`, the bounds in a
+/// pass of their own, per block a min pass and per miniblock an OR of the offsets, then
+/// packing value by value through a `u128`). Kept to measure the new one against.
+mod reference {
+    use filterdb_store::delta::{BLOCK, DeltaInt, PER_MINI, bounds, put_varint};
+
+    const MINIS: usize = BLOCK / PER_MINI;
+
+    fn put_zigzag(out: &mut Vec<u8>, v: i64) {
+        put_varint(out, ((v << 1) ^ (v >> 63)) as u64);
+    }
+
+    pub fn encode<T: DeltaInt>(parts: &[&[T]], out: &mut Vec<u8>) -> (Option<T>, Option<T>) {
+        let count: usize = parts.iter().map(|p| p.len()).sum();
+        let mut pieces = parts.iter().copied().skip_while(|p| p.is_empty());
+        let head = pieces.next().unwrap_or_default();
+        let first = head.first().copied().unwrap_or_default();
+        put_varint(out, BLOCK as u64);
+        put_varint(out, MINIS as u64);
+        put_varint(out, count as u64);
+        put_zigzag(out, first.to_i64());
+        let mut deltas = [T::default(); BLOCK];
+        let mut m = 0;
+        let mut prev = first;
+        let (mut lo, mut hi) = (first, first);
+        for mut rest in std::iter::once(head.get(1..).unwrap_or_default()).chain(pieces) {
+            while !rest.is_empty() {
+                let take = (BLOCK - m).min(rest.len());
+                let (piece, tail) = rest.split_at(take);
+                deltas[m] = piece[0].delta(prev);
+                for (d, w) in deltas[m + 1..m + take].iter_mut().zip(piece.windows(2)) {
+                    *d = w[1].delta(w[0]);
+                }
+                prev = piece[take - 1];
+                if let (Some(l), Some(h)) = bounds(piece) {
+                    lo = lo.min(l);
+                    hi = hi.max(h);
+                }
+                m += take;
+                rest = tail;
+                if m == BLOCK {
+                    block(&deltas, out);
+                    m = 0;
+                }
+            }
+        }
+        if m > 0 {
+            block(&deltas[..m], out);
+        }
+        if count == 0 {
+            return (None, None);
+        }
+        (Some(lo), Some(hi))
+    }
+
+    fn block<T: DeltaInt>(deltas: &[T], out: &mut Vec<u8>) {
+        let min = deltas.iter().copied().min().unwrap_or_default();
+        put_zigzag(out, min.to_i64());
+        let widths = out.len();
+        out.extend_from_slice(&[0; MINIS]);
+        for (j, mini) in deltas.chunks(PER_MINI).enumerate() {
+            let bits = mini.iter().fold(0u64, |acc, d| acc | d.offset_from(min));
+            let width = 64 - bits.leading_zeros();
+            out[widths + j] = width as u8;
+            pack(mini, min, width, out);
+        }
+    }
+
+    fn pack<T: DeltaInt>(mini: &[T], min: T, width: u32, out: &mut Vec<u8>) {
+        if width == 0 {
+            return;
+        }
+        let mut acc: u128 = 0;
+        let mut bits = 0;
+        for k in 0..PER_MINI {
+            let v = mini.get(k).map_or(0, |d| d.offset_from(min));
+            acc |= u128::from(v) << bits;
+            bits += width;
+            if bits >= 64 {
+                out.extend_from_slice(&(acc as u64).to_le_bytes());
+                acc >>= 64;
+                bits -= 64;
+            }
+        }
+        out.extend_from_slice(&(acc as u64).to_le_bytes()[..(bits / 8) as usize]);
+    }
 }
 
 fn bench_delta(c: &mut Criterion) {
