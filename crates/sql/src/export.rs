@@ -4,7 +4,7 @@
 //! needs memory for one batch, not for the result.
 
 use std::fs::File;
-use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -65,81 +65,6 @@ impl Drop for Staged {
         if !self.committed {
             let _ = std::fs::remove_file(&self.tmp);
         }
-    }
-}
-
-/// Bytes after which [`Writeback`] hands the file's newest data to the disk.
-const WRITEBACK_BYTES: u64 = 16 << 20;
-
-/// An export's output file that asks the kernel to start writing its data to disk every
-/// [`WRITEBACK_BYTES`] (Linux's `sync_file_range(SYNC_FILE_RANGE_WRITE)`, which starts
-/// writeback and does not wait): the disk works while the query still produces, and
-/// the `fsync` of [`Staged::commit`] waits for the last few MiB instead of the whole
-/// file (that final `fsync` had been 130-200 ms of a 0.7 s export of 439 MB). Other
-/// systems get a plain file. The kernel wrote back dirty pages anyway, only later.
-struct Writeback {
-    file: File,
-    /// The file position (writers append; the npy header is patched at the end).
-    pos: u64,
-    /// Where the data not yet handed to writeback starts.
-    handed: u64,
-}
-
-impl Writeback {
-    /// Create the file at `path`.
-    fn create(path: &Path) -> Result<Writeback> {
-        Ok(Writeback {
-            file: File::create(path).map_err(io("creating", path))?,
-            pos: 0,
-            handed: 0,
-        })
-    }
-
-    /// Start writeback of `handed..pos`: best effort, errors surface at the `fsync`.
-    fn hand_over(&mut self) {
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::fd::AsRawFd;
-            let (Ok(from), Ok(len)) = (
-                libc::off64_t::try_from(self.handed),
-                libc::off64_t::try_from(self.pos - self.handed),
-            ) else {
-                return;
-            };
-            // SAFETY: a syscall on an open descriptor that reads and writes no memory of
-            // ours.
-            unsafe {
-                libc::sync_file_range(
-                    self.file.as_raw_fd(),
-                    from,
-                    len,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                )
-            };
-        }
-        self.handed = self.pos;
-    }
-}
-
-impl Write for Writeback {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.pos += n as u64;
-        if self.pos >= self.handed + WRITEBACK_BYTES {
-            self.hand_over();
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()
-    }
-}
-
-impl Seek for Writeback {
-    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
-        self.pos = self.file.seek(pos)?;
-        Ok(self.pos)
     }
 }
 
@@ -209,13 +134,39 @@ pub trait BatchSink {
     fn finish(self: Box<Self>) -> Result<()>;
 }
 
+mod output;
 mod raw_parquet;
 
-struct ParquetSink<W: Write + Send> {
+use output::Output;
+
+/// Where a sink's bytes go, closed once the sink has written all of them: an export's
+/// [`Output`] file waits there for its writes (and reports their errors); a stream is
+/// flushed.
+pub trait SinkOutput: Write + Send {
+    /// Complete the output; `path` names it in errors.
+    ///
+    /// # Errors
+    /// I/O.
+    fn close(self, path: &Path) -> Result<()>;
+}
+
+impl<W: Write + Send> SinkOutput for BufWriter<W> {
+    fn close(mut self, path: &Path) -> Result<()> {
+        self.flush().map_err(io("writing", path))
+    }
+}
+
+impl SinkOutput for Output {
+    fn close(self, _path: &Path) -> Result<()> {
+        self.finish()
+    }
+}
+
+struct ParquetSink<W: SinkOutput> {
     w: raw_parquet::RawParquetWriter<W>,
     path: PathBuf,
 }
-impl<W: Write + Send> BatchSink for ParquetSink<W> {
+impl<W: SinkOutput> BatchSink for ParquetSink<W> {
     fn write(&mut self, b: &RecordBatch) -> Result<()> {
         self.w.write(b).map_err(|source| SqlError::Parquet {
             path: self.path.clone(),
@@ -224,42 +175,42 @@ impl<W: Write + Send> BatchSink for ParquetSink<W> {
     }
     fn finish(self: Box<Self>) -> Result<()> {
         let path = self.path.clone();
-        let mut w = self.w.finish().map_err(|source| SqlError::Parquet {
+        let w = self.w.finish().map_err(|source| SqlError::Parquet {
             path: path.clone(),
             source,
         })?;
-        w.flush().map_err(io("writing", &path))
+        w.close(&path)
     }
 }
 
-struct IpcSink<W: Write>(arrow::ipc::writer::FileWriter<W>);
-impl<W: Write> BatchSink for IpcSink<W> {
+struct IpcSink<W: SinkOutput>(arrow::ipc::writer::FileWriter<W>, PathBuf);
+impl<W: SinkOutput> BatchSink for IpcSink<W> {
     fn write(&mut self, b: &RecordBatch) -> Result<()> {
         Ok(self.0.write(b)?)
     }
-    fn finish(mut self: Box<Self>) -> Result<()> {
-        Ok(self.0.finish()?)
+    fn finish(self: Box<Self>) -> Result<()> {
+        self.0.into_inner()?.close(&self.1)
     }
 }
 
-struct CsvSink<W: Write>(arrow::csv::Writer<W>);
-impl<W: Write> BatchSink for CsvSink<W> {
+struct CsvSink<W: SinkOutput>(arrow::csv::Writer<W>, PathBuf);
+impl<W: SinkOutput> BatchSink for CsvSink<W> {
     fn write(&mut self, b: &RecordBatch) -> Result<()> {
         Ok(self.0.write(&flatten_lists(b)?)?)
     }
     fn finish(self: Box<Self>) -> Result<()> {
-        let mut w = self.0.into_inner();
-        w.flush().map_err(io("writing", Path::new("<csv output>")))
+        self.0.into_inner().close(&self.1)
     }
 }
 
-struct JsonSink<W: Write>(arrow::json::LineDelimitedWriter<W>);
-impl<W: Write> BatchSink for JsonSink<W> {
+struct JsonSink<W: SinkOutput>(arrow::json::LineDelimitedWriter<W>, PathBuf);
+impl<W: SinkOutput> BatchSink for JsonSink<W> {
     fn write(&mut self, b: &RecordBatch) -> Result<()> {
         Ok(self.0.write(b)?)
     }
     fn finish(mut self: Box<Self>) -> Result<()> {
-        Ok(self.0.finish()?)
+        self.0.finish()?;
+        self.0.into_inner().close(&self.1)
     }
 }
 
@@ -267,7 +218,7 @@ impl<W: Write> BatchSink for JsonSink<W> {
 ///
 /// # Errors
 /// Unsupported combinations (npy needs a file path: use [`export_query`]).
-pub fn sink_for<W: Write + Send + 'static>(
+pub fn sink_for<W: SinkOutput + 'static>(
     format: ExportFormat,
     out: W,
     schema: &SchemaRef,
@@ -286,15 +237,20 @@ pub fn sink_for<W: Write + Send + 'static>(
                 path: path.to_path_buf(),
             })
         }
-        ExportFormat::Arrow => Box::new(IpcSink(arrow::ipc::writer::FileWriter::try_new(
-            out, schema,
-        )?)),
+        ExportFormat::Arrow => Box::new(IpcSink(
+            arrow::ipc::writer::FileWriter::try_new(out, schema)?,
+            path.to_path_buf(),
+        )),
         ExportFormat::Csv => Box::new(CsvSink(
             arrow::csv::WriterBuilder::new()
                 .with_header(true)
                 .build(out),
+            path.to_path_buf(),
         )),
-        ExportFormat::Json => Box::new(JsonSink(arrow::json::LineDelimitedWriter::new(out))),
+        ExportFormat::Json => Box::new(JsonSink(
+            arrow::json::LineDelimitedWriter::new(out),
+            path.to_path_buf(),
+        )),
         ExportFormat::Npy => {
             return Err(SqlError::Export(
                 "npy output needs a file path (-o PATH)".into(),
@@ -348,14 +304,13 @@ pub fn flatten_lists(batch: &RecordBatch) -> Result<RecordBatch> {
 /// Hand-written rather than a crate: the format is one fixed header (NEP 1) and we need
 /// to stream with an unknown row count, which the crates' writers do not offer.
 pub struct NpyWriter {
-    file: BufWriter<Writeback>,
+    file: Output,
     path: PathBuf,
     descr: &'static str,
     rows: u64,
 }
 
 const NPY_HEADER_LEN: usize = 128;
-const NPY_BUFFER: usize = 64 << 10;
 
 impl NpyWriter {
     /// Create `path` for an `(N, 9)` array of `descr` (`<f2`, `<f4`, `<f8`).
@@ -363,11 +318,9 @@ impl NpyWriter {
     /// # Errors
     /// I/O.
     pub fn create(path: &Path, descr: &'static str) -> Result<NpyWriter> {
-        let file = Writeback::create(path)?;
         let mut w = NpyWriter {
-            // Batches (a scan's ~130 KB of filters or more) bypass a buffer this
-            // small and go to the file without a copy; small ones are gathered.
-            file: BufWriter::with_capacity(NPY_BUFFER, file),
+            // The header stays in memory until `finish` patches the row count in.
+            file: Output::create(path, true)?,
             path: path.to_path_buf(),
             descr,
             rows: 0,
@@ -376,7 +329,7 @@ impl NpyWriter {
         Ok(w)
     }
 
-    fn write_header(&mut self) -> Result<()> {
+    fn header(&self) -> Vec<u8> {
         let dict = format!(
             "{{'descr': '{}', 'fortran_order': False, 'shape': ({}, 9), }}",
             self.descr, self.rows
@@ -389,6 +342,11 @@ impl NpyWriter {
         h.extend_from_slice(dict.as_bytes());
         h.extend(std::iter::repeat_n(b' ', pad));
         h.push(b'\n');
+        h
+    }
+
+    fn write_header(&mut self) -> Result<()> {
+        let h = self.header();
         self.file.write_all(&h).map_err(io("writing", &self.path))
     }
 
@@ -443,17 +401,14 @@ impl NpyWriter {
         Ok(())
     }
 
-    /// Patch the header with the final row count and flush.
+    /// Patch the header with the final row count and complete the file.
     ///
     /// # Errors
     /// I/O.
     pub fn finish(mut self) -> Result<u64> {
-        self.file.flush().map_err(io("writing", &self.path))?;
-        self.file
-            .seek(SeekFrom::Start(0))
-            .map_err(io("writing", &self.path))?;
-        self.write_header()?;
-        self.file.flush().map_err(io("writing", &self.path))?;
+        let h = self.header();
+        self.file.patch_head(&h)?;
+        self.file.finish()?;
         Ok(self.rows)
     }
 }
@@ -559,8 +514,9 @@ impl BatchSink for NpySink {
 const WRITE_QUEUE: usize = 128;
 
 /// Run `stream` into `sink`, which writes on a thread of its own so that the query's
-/// workers never wait for the file's writes (the copies into the page cache were a
-/// third of an export's time, serial with the query). Returns the rows written; the
+/// workers never wait for the file's encoding and writes (the copies into the page
+/// cache, before exports wrote directly, were a third of an export's time, serial with
+/// the query). Returns the rows written; the
 /// sink is finished once the stream ends, and its error or the query's is returned.
 async fn drain(
     mut stream: SendableRecordBatchStream,
@@ -651,7 +607,7 @@ pub async fn export_query(
             side: Box::new(Threaded::spawn(
                 sink_for(
                     ExportFormat::Parquet,
-                    Writeback::create(&side_out.tmp)?,
+                    Output::create(&side_out.tmp, false)?,
                     &side_schema,
                     &side_path,
                 )?,
@@ -669,12 +625,7 @@ pub async fn export_query(
         });
     }
     let out = Staged::new(path);
-    let sink = sink_for(
-        format,
-        BufWriter::with_capacity(1 << 20, Writeback::create(&out.tmp)?),
-        &schema,
-        path,
-    )?;
+    let sink = sink_for(format, Output::create(&out.tmp, false)?, &schema, path)?;
     let rows = drain(stream, sink).await?;
     out.commit()?;
     Ok(ExportSummary {
@@ -688,30 +639,6 @@ mod tests {
     use super::*;
     use arrow::array::Int32Array;
     use std::sync::Mutex;
-
-    /// Writeback starts once 16 MiB are new, and the bytes (with a header patched
-    /// after) are the file's.
-    #[test]
-    fn writeback_hands_over_every_16_mib_and_keeps_the_bytes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("w.bin");
-        let mut w = Writeback::create(&path).unwrap();
-        let block = vec![7u8; 5 << 20];
-        for k in 1..=4 {
-            w.write_all(&block).unwrap();
-            let want = if k < 4 { 0 } else { 20 << 20 };
-            assert_eq!(w.handed, want, "after {k} blocks");
-        }
-        w.seek(SeekFrom::Start(0)).unwrap();
-        w.write_all(b"head").unwrap();
-        assert_eq!((w.pos, w.handed), (4, 20 << 20));
-        w.flush().unwrap();
-        drop(w);
-        let got = std::fs::read(&path).unwrap();
-        assert_eq!(got.len(), 20 << 20);
-        assert_eq!(&got[..4], b"head");
-        assert!(got[4..].iter().all(|&b| b == 7));
-    }
 
     /// Records the batches it is given; fails on the `fail_at`-th, or in `finish`.
     struct Recording {
