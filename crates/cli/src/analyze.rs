@@ -12,6 +12,7 @@ use arrow::datatypes::{Float64Type, Int64Type};
 use clap::{Args, Subcommand, ValueEnum};
 use datafusion::prelude::SessionContext;
 
+use crate::commands::runtime;
 use crate::{QueryArgs, StoreArg};
 
 /// `filterdb analyze`.
@@ -150,13 +151,6 @@ struct PcaArgs {
     /// Fit on raw filters instead of peak-scaled ones.
     #[arg(long)]
     raw: bool,
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
 }
 
 async fn session(c: &Common) -> Result<SessionContext> {

@@ -143,9 +143,7 @@ async fn render() -> Result<String> {
 
 /// Run `filterdb docs functions`.
 pub fn run(a: DocsArgs) -> Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = crate::commands::runtime()?;
     let text = rt.block_on(render())?;
     if a.check {
         let current = std::fs::read_to_string(&a.output).unwrap_or_default();

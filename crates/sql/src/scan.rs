@@ -182,6 +182,23 @@ fn only_id_columns(e: &Expr) -> bool {
     reads_only(e, &ID_COLUMNS)
 }
 
+/// The threads partition readers run on: the blocking pool of a runtime of their own,
+/// not the caller's. A reader holds its thread until its partition is read (it waits
+/// for room in its channel), so in a runtime whose blocking pool is bounded (the CLI
+/// bounds it, for the object store's short file reads) readers could take every thread
+/// while a merge waits for a partition still queued for one: a deadlock. `None` (the
+/// runtime could not be built) falls back to the caller's pool.
+fn reader_threads() -> Option<&'static tokio::runtime::Handle> {
+    static POOL: std::sync::LazyLock<Option<tokio::runtime::Runtime>> =
+        std::sync::LazyLock::new(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .thread_name("filterdb-scan")
+                .build()
+                .ok()
+        });
+    POOL.as_ref().map(tokio::runtime::Runtime::handle)
+}
+
 #[async_trait]
 impl TableProvider for FilterColumnsTable {
     fn schema(&self) -> SchemaRef {
@@ -1010,7 +1027,11 @@ impl ExecutionPlan for FilterScanExec {
             // Two batches in flight per partition: memory stays at about one row group.
             let mut builder = RecordBatchReceiverStreamBuilder::new(schema, 2);
             let tx = builder.tx();
-            builder.spawn_blocking(move || reader.run(|b| tx.blocking_send(Ok(b)).is_ok()));
+            let run = move || reader.run(|b| tx.blocking_send(Ok(b)).is_ok());
+            match reader_threads() {
+                Some(pool) => builder.spawn_blocking_on(run, pool),
+                None => builder.spawn_blocking(run),
+            }
             builder.build()
         })
         .flatten();
@@ -1839,6 +1860,50 @@ mod tests {
     /// Weight chunks of several uncompressed PLAIN pages (as another tool may write
     /// them) are copied page by page and give the answer of the same rows in
     /// dictionary-encoded files (parquet-rs's reader); neither is read in place.
+    /// Partition readers do not take the caller's blocking threads: with one, a merge
+    /// of three partitions (which needs a batch of each before it gives any) completes.
+    /// On that thread the first reader would fill its channel and wait while the other
+    /// two stayed queued: the query would hang, and the timeout fail the test.
+    #[test]
+    fn a_merge_of_more_partitions_than_blocking_threads_completes() {
+        use datafusion::physical_plan::displayable;
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .max_blocking_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let rows = rt.block_on(async {
+            let ctx = session_with(dir.path(), false, 3);
+            ctx.state_ref()
+                .write()
+                .config_mut()
+                .options_mut()
+                .set("datafusion.execution.batch_size", "16")
+                .unwrap();
+            let df = ctx
+                .sql("SELECT filter_id FROM filter_columns ORDER BY filter_id")
+                .await
+                .unwrap();
+            let plan = df.create_physical_plan().await.unwrap();
+            let shown = format!("{}", displayable(plan.as_ref()).indent(true));
+            assert!(shown.contains("SortPreservingMergeExec"), "{shown}");
+            assert!(!shown.contains("SortExec"), "{shown}");
+            let run = collect(plan, ctx.task_ctx());
+            tokio::time::timeout(std::time::Duration::from_secs(30), run)
+                .await
+                .expect("the merge hung")
+                .unwrap()
+        });
+        let ids: Vec<i64> = rows
+            .iter()
+            .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+            .collect();
+        let n = MODELS * i64::from(LAYERS * FILTERS_PER_LAYER);
+        assert_eq!(ids, (0..n).collect::<Vec<_>>());
+    }
+
     #[tokio::test]
     async fn plain_weight_chunks_of_several_pages_are_copied() {
         let sql = "SELECT model_id, count(*) AS n, sum(w0) AS a, sum(w4) AS b, sum(w8) AS c \
