@@ -573,6 +573,23 @@ impl OnePageChunk {
             }
         }
         let len = bytes.len() as i64;
+        let close = self.close_result(descr, num_values, len, stored)?;
+        Ok((Bytes::from(bytes), close))
+    }
+
+    /// The close result of this chunk written elsewhere as `len` bytes: a page header
+    /// and the page's `stored` bytes of `num_values` values. What
+    /// `SerializedRowGroupWriter::append_column` takes with the chunk's bytes.
+    ///
+    /// # Errors
+    /// Parquet errors building the metadata.
+    pub fn close_result(
+        self,
+        descr: parquet::schema::types::ColumnDescPtr,
+        num_values: i64,
+        len: i64,
+        stored: i64,
+    ) -> parquet::errors::Result<ColumnCloseResult> {
         // One page covering every row; offsets are relative to the chunk and rewritten
         // by `append_column`. (The file writer needs an offset index for every column
         // once any column has one.)
@@ -590,17 +607,14 @@ impl OnePageChunk {
         if let Some(stats) = self.statistics {
             metadata = metadata.set_statistics(stats);
         }
-        Ok((
-            Bytes::from(bytes),
-            ColumnCloseResult {
-                bytes_written: len as u64,
-                rows_written: self.rows as u64,
-                metadata: metadata.build()?,
-                bloom_filter: None,
-                column_index: None,
-                offset_index: Some(offsets.build()),
-            },
-        ))
+        Ok(ColumnCloseResult {
+            bytes_written: len as u64,
+            rows_written: self.rows as u64,
+            metadata: metadata.build()?,
+            bloom_filter: None,
+            column_index: None,
+            offset_index: Some(offsets.build()),
+        })
     }
 }
 
