@@ -9,8 +9,8 @@
 //!   `filterdb_store::delta::encode` and decoded 8,192 at a time (a scan batch) into
 //!   fresh vectors, as the scan does now.
 //!
-//! - `delta_encode/<column>/reference`: the scalar encoder `filterdb_store::delta::encode`
-//!   was before it got a fixed-size block path (a copy, [`reference`]);
+//! - `delta_encode/<column>/reference`: `filterdb_store::delta::encode_ref`, the scalar
+//!   encoder `encode` was before it got a fixed-size block path;
 //! - `delta_encode/<column>/filterdb`: `filterdb_store::delta::encode` now.
 //!
 //! Both encoders take the column in pieces of 8,192 values (an export's batches) and
@@ -34,7 +34,7 @@ use arrow::array::{Array, ArrayRef, AsArray, Int32Array, Int64Array, RecordBatch
 use arrow::datatypes::{Field, Int32Type, Int64Type, Schema};
 use bytes::Bytes;
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
-use filterdb_store::delta::{Decoder, DeltaInt, encode};
+use filterdb_store::delta::{Decoder, DeltaInt, encode, encode_ref};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::Encoding;
@@ -151,7 +151,7 @@ fn bench_encode<T: DeltaInt + PartialEq + std::fmt::Debug>(
 ) {
     let parts: Vec<&[T]> = values.chunks(BATCH).collect();
     let (mut want, mut got) = (Vec::new(), Vec::new());
-    let want_bounds = reference::encode(&parts, &mut want);
+    let want_bounds = encode_ref(&parts, &mut want);
     let got_bounds = encode(&parts, &mut got);
     assert_eq!(got_bounds, want_bounds, "{name}: encode's bounds");
     assert!(
@@ -168,7 +168,7 @@ fn bench_encode<T: DeltaInt + PartialEq + std::fmt::Debug>(
     g.bench_function("reference", |b| {
         b.iter(|| {
             out.clear();
-            reference::encode(black_box(&parts), &mut out)
+            encode_ref(black_box(&parts), &mut out)
         });
     });
     g.bench_function("filterdb", |b| {
@@ -178,95 +178,6 @@ fn bench_encode<T: DeltaInt + PartialEq + std::fmt::Debug>(
         });
     });
     g.finish();
-}
-
-/// The pre-change scalar encoder: `filterdb_store::delta::encode`, `block` and `pack` as
-/// they were before the fixed-size block path (deltas by `windows(2)`, the bounds in a
-/// pass of their own, per block a min pass and per miniblock an OR of the offsets, then
-/// packing value by value through a `u128`). Kept to measure the new one against.
-mod reference {
-    use filterdb_store::delta::{BLOCK, DeltaInt, PER_MINI, bounds, put_varint};
-
-    const MINIS: usize = BLOCK / PER_MINI;
-
-    fn put_zigzag(out: &mut Vec<u8>, v: i64) {
-        put_varint(out, ((v << 1) ^ (v >> 63)) as u64);
-    }
-
-    pub fn encode<T: DeltaInt>(parts: &[&[T]], out: &mut Vec<u8>) -> (Option<T>, Option<T>) {
-        let count: usize = parts.iter().map(|p| p.len()).sum();
-        let mut pieces = parts.iter().copied().skip_while(|p| p.is_empty());
-        let head = pieces.next().unwrap_or_default();
-        let first = head.first().copied().unwrap_or_default();
-        put_varint(out, BLOCK as u64);
-        put_varint(out, MINIS as u64);
-        put_varint(out, count as u64);
-        put_zigzag(out, first.to_i64());
-        let mut deltas = [T::default(); BLOCK];
-        let mut m = 0;
-        let mut prev = first;
-        let (mut lo, mut hi) = (first, first);
-        for mut rest in std::iter::once(head.get(1..).unwrap_or_default()).chain(pieces) {
-            while !rest.is_empty() {
-                let take = (BLOCK - m).min(rest.len());
-                let (piece, tail) = rest.split_at(take);
-                deltas[m] = piece[0].delta(prev);
-                for (d, w) in deltas[m + 1..m + take].iter_mut().zip(piece.windows(2)) {
-                    *d = w[1].delta(w[0]);
-                }
-                prev = piece[take - 1];
-                if let (Some(l), Some(h)) = bounds(piece) {
-                    lo = lo.min(l);
-                    hi = hi.max(h);
-                }
-                m += take;
-                rest = tail;
-                if m == BLOCK {
-                    block(&deltas, out);
-                    m = 0;
-                }
-            }
-        }
-        if m > 0 {
-            block(&deltas[..m], out);
-        }
-        if count == 0 {
-            return (None, None);
-        }
-        (Some(lo), Some(hi))
-    }
-
-    fn block<T: DeltaInt>(deltas: &[T], out: &mut Vec<u8>) {
-        let min = deltas.iter().copied().min().unwrap_or_default();
-        put_zigzag(out, min.to_i64());
-        let widths = out.len();
-        out.extend_from_slice(&[0; MINIS]);
-        for (j, mini) in deltas.chunks(PER_MINI).enumerate() {
-            let bits = mini.iter().fold(0u64, |acc, d| acc | d.offset_from(min));
-            let width = 64 - bits.leading_zeros();
-            out[widths + j] = width as u8;
-            pack(mini, min, width, out);
-        }
-    }
-
-    fn pack<T: DeltaInt>(mini: &[T], min: T, width: u32, out: &mut Vec<u8>) {
-        if width == 0 {
-            return;
-        }
-        let mut acc: u128 = 0;
-        let mut bits = 0;
-        for k in 0..PER_MINI {
-            let v = mini.get(k).map_or(0, |d| d.offset_from(min));
-            acc |= u128::from(v) << bits;
-            bits += width;
-            if bits >= 64 {
-                out.extend_from_slice(&(acc as u64).to_le_bytes());
-                acc >>= 64;
-                bits -= 64;
-            }
-        }
-        out.extend_from_slice(&(acc as u64).to_le_bytes()[..(bits / 8) as usize]);
-    }
 }
 
 fn bench_delta(c: &mut Criterion) {

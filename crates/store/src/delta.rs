@@ -361,8 +361,8 @@ fn pack_narrow<const W: u32>(offsets: &[u32; PER_MINI], out: &mut Vec<u8>) {
     out.extend_from_slice(&bytes[..4 * w]);
 }
 
-/// [`pack`] at more than 32 bits (INT64 columns only, hardly ever ids): value by value
-/// through a 128-bit accumulator.
+/// [`pack`] at more than 32 bits (INT64 columns only, hardly ever ids), and
+/// [`encode_ref`]'s packer at any width: value by value through a 128-bit accumulator.
 fn pack_wide<T: DeltaInt>(mini: &[T], min: T, width: u32, out: &mut Vec<u8>) {
     let mut acc: u128 = 0;
     let mut bits = 0;
@@ -378,6 +378,72 @@ fn pack_wide<T: DeltaInt>(mini: &[T], min: T, width: u32, out: &mut Vec<u8>) {
     }
     // 32 values fill a whole number of 32-bit words: 0 or 32 bits are left.
     out.extend_from_slice(&(acc as u64).to_le_bytes()[..(bits / 8) as usize]);
+}
+
+/// The scalar reference of [`encode`]: the encoder it replaced (deltas by `windows(2)`,
+/// the bounds in a pass of their own, per block a min pass and per miniblock an OR of
+/// the offsets, then packing value by value through a `u128`, [`pack_wide`]'s loop at
+/// every width). [`encode`] must write the same bytes and return the same bounds (the
+/// tests), and `benches/delta.rs` measures it against this.
+pub fn encode_ref<T: DeltaInt>(parts: &[&[T]], out: &mut Vec<u8>) -> (Option<T>, Option<T>) {
+    let count: usize = parts.iter().map(|p| p.len()).sum();
+    let mut pieces = parts.iter().copied().skip_while(|p| p.is_empty());
+    let head = pieces.next().unwrap_or_default();
+    let first = head.first().copied().unwrap_or_default();
+    put_varint(out, BLOCK as u64);
+    put_varint(out, MINIS as u64);
+    put_varint(out, count as u64);
+    put_zigzag(out, first.to_i64());
+    let mut deltas = [T::default(); BLOCK];
+    let mut m = 0;
+    let mut prev = first;
+    let (mut lo, mut hi) = (first, first);
+    // The first piece after its first value, then every later one: each is cut where
+    // blocks end, and a piece's deltas are taken after the value carried before it.
+    for mut rest in std::iter::once(head.get(1..).unwrap_or_default()).chain(pieces) {
+        while !rest.is_empty() {
+            let take = (BLOCK - m).min(rest.len());
+            let (piece, tail) = rest.split_at(take);
+            deltas[m] = piece[0].delta(prev);
+            for (d, w) in deltas[m + 1..m + take].iter_mut().zip(piece.windows(2)) {
+                *d = w[1].delta(w[0]);
+            }
+            prev = piece[take - 1];
+            if let (Some(l), Some(h)) = bounds(piece) {
+                lo = lo.min(l);
+                hi = hi.max(h);
+            }
+            m += take;
+            rest = tail;
+            if m == BLOCK {
+                block_ref(&deltas, out);
+                m = 0;
+            }
+        }
+    }
+    if m > 0 {
+        block_ref(&deltas[..m], out);
+    }
+    if count == 0 {
+        return (None, None);
+    }
+    (Some(lo), Some(hi))
+}
+
+/// One block of deltas: its minimum, the miniblocks' bit widths, the packed offsets.
+fn block_ref<T: DeltaInt>(deltas: &[T], out: &mut Vec<u8>) {
+    let min = deltas.iter().copied().min().unwrap_or_default();
+    put_zigzag(out, min.to_i64());
+    let widths = out.len();
+    out.extend_from_slice(&[0; MINIS]);
+    for (j, mini) in deltas.chunks(PER_MINI).enumerate() {
+        let bits = mini.iter().fold(0u64, |acc, d| acc | d.offset_from(min));
+        let width = 64 - bits.leading_zeros();
+        out[widths + j] = width as u8;
+        if width > 0 {
+            pack_wide(mini, min, width, out);
+        }
+    }
 }
 
 /// The column chunk of one column's values, given in pieces (`parts`, at least one
@@ -786,91 +852,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// The scalar encoder [`encode`] replaced (deltas by `windows(2)`, the bounds in a
-    /// pass of their own, per block a min pass and per miniblock an OR of the offsets,
-    /// then packing value by value through a `u128`), unchanged: the fast one must write
-    /// the same bytes and return the same bounds.
-    fn reference_encode<T: DeltaInt>(parts: &[&[T]], out: &mut Vec<u8>) -> (Option<T>, Option<T>) {
-        let count: usize = parts.iter().map(|p| p.len()).sum();
-        let mut pieces = parts.iter().copied().skip_while(|p| p.is_empty());
-        let head = pieces.next().unwrap_or_default();
-        let first = head.first().copied().unwrap_or_default();
-        put_varint(out, BLOCK as u64);
-        put_varint(out, MINIS as u64);
-        put_varint(out, count as u64);
-        put_zigzag(out, first.to_i64());
-        let mut deltas = [T::default(); BLOCK];
-        let mut m = 0;
-        let mut prev = first;
-        let (mut lo, mut hi) = (first, first);
-        // The first piece after its first value, then every later one: each is cut where
-        // blocks end, and a piece's deltas are taken after the value carried before it.
-        for mut rest in std::iter::once(head.get(1..).unwrap_or_default()).chain(pieces) {
-            while !rest.is_empty() {
-                let take = (BLOCK - m).min(rest.len());
-                let (piece, tail) = rest.split_at(take);
-                deltas[m] = piece[0].delta(prev);
-                for (d, w) in deltas[m + 1..m + take].iter_mut().zip(piece.windows(2)) {
-                    *d = w[1].delta(w[0]);
-                }
-                prev = piece[take - 1];
-                if let (Some(l), Some(h)) = bounds(piece) {
-                    lo = lo.min(l);
-                    hi = hi.max(h);
-                }
-                m += take;
-                rest = tail;
-                if m == BLOCK {
-                    reference_block(&deltas, out);
-                    m = 0;
-                }
-            }
-        }
-        if m > 0 {
-            reference_block(&deltas[..m], out);
-        }
-        if count == 0 {
-            return (None, None);
-        }
-        (Some(lo), Some(hi))
-    }
-
-    /// One block of deltas: its minimum, the miniblocks' bit widths, the packed offsets.
-    fn reference_block<T: DeltaInt>(deltas: &[T], out: &mut Vec<u8>) {
-        let min = deltas.iter().copied().min().unwrap_or_default();
-        put_zigzag(out, min.to_i64());
-        let widths = out.len();
-        out.extend_from_slice(&[0; MINIS]);
-        for (j, mini) in deltas.chunks(PER_MINI).enumerate() {
-            let bits = mini.iter().fold(0u64, |acc, d| acc | d.offset_from(min));
-            let width = 64 - bits.leading_zeros();
-            out[widths + j] = width as u8;
-            reference_pack(mini, min, width, out);
-        }
-    }
-
-    /// Bit-pack `mini`'s offsets from `min` at `width` bits, LSB first, padded with zeros
-    /// to [`PER_MINI`] values (`4 * width` bytes; nothing at width 0).
-    fn reference_pack<T: DeltaInt>(mini: &[T], min: T, width: u32, out: &mut Vec<u8>) {
-        if width == 0 {
-            return;
-        }
-        let mut acc: u128 = 0;
-        let mut bits = 0;
-        for k in 0..PER_MINI {
-            let v = mini.get(k).map_or(0, |d| d.offset_from(min));
-            acc |= u128::from(v) << bits;
-            bits += width;
-            if bits >= 64 {
-                out.extend_from_slice(&(acc as u64).to_le_bytes());
-                acc >>= 64;
-                bits -= 64;
-            }
-        }
-        // 32 values fill a whole number of 32-bit words: 0 or 32 bits are left.
-        out.extend_from_slice(&(acc as u64).to_le_bytes()[..(bits / 8) as usize]);
-    }
-
     /// A reference decoder written from the format's text, value by value.
     fn decode(mut b: &[u8], width: u32) -> Vec<i64> {
         fn varint(b: &mut &[u8]) -> u64 {
@@ -956,7 +937,7 @@ mod tests {
         let whole: Vec<&[T]> = vec![values];
         for parts in [whole, split(values, cuts, lead)] {
             let (mut want, mut got) = (vec![9], vec![9]);
-            let want_bounds = reference_encode(&parts, &mut want);
+            let want_bounds = encode_ref(&parts, &mut want);
             let got_bounds = encode(&parts, &mut got);
             prop_assert_eq!(got_bounds, want_bounds);
             prop_assert!(got == want, "{} bytes, {} expected", got.len(), want.len());
@@ -1075,7 +1056,7 @@ mod tests {
             let values: Vec<i32> = ids(&runs).iter().map(|&v| v as i32).collect();
             let parts: Vec<&[i32]> = values.chunks(batch).collect();
             let (mut want, mut got) = (Vec::new(), Vec::new());
-            prop_assert_eq!(encode(&parts, &mut got), reference_encode(&parts, &mut want));
+            prop_assert_eq!(encode(&parts, &mut got), encode_ref(&parts, &mut want));
             prop_assert!(got == want);
         }
         #[test]

@@ -32,6 +32,7 @@ use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use super::io;
 use crate::error::{Result, SqlError};
 
 /// Bytes per chunk (and per write).
@@ -395,15 +396,6 @@ impl Write for Output {
 
 fn stopped() -> std::io::Error {
     std::io::Error::other("the export's writer threads stopped")
-}
-
-fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SqlError {
-    let path = path.to_path_buf();
-    move |source| SqlError::Io {
-        action,
-        path,
-        source,
-    }
 }
 
 /// An I/O thread: writes jobs until the queue closes, returns each chunk for reuse.
