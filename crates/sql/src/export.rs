@@ -516,8 +516,8 @@ const WRITE_QUEUE: usize = 128;
 /// Run `stream` into `sink`, which writes on a thread of its own so that the query's
 /// workers never wait for the file's encoding and writes (the copies into the page
 /// cache, before exports wrote directly, were a third of an export's time, serial with
-/// the query). Returns the rows written; the
-/// sink is finished once the stream ends, and its error or the query's is returned.
+/// the query). Returns the rows written; the sink is finished once the stream ends,
+/// and its error or the query's is returned.
 async fn drain(
     mut stream: SendableRecordBatchStream,
     sink: Box<dyn BatchSink + Send>,

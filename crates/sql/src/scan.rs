@@ -1857,9 +1857,6 @@ mod tests {
         metrics.try_into().unwrap()
     }
 
-    /// Weight chunks of several uncompressed PLAIN pages (as another tool may write
-    /// them) are copied page by page and give the answer of the same rows in
-    /// dictionary-encoded files (parquet-rs's reader); neither is read in place.
     /// Partition readers do not take the caller's blocking threads: with one, a merge
     /// of three partitions (which needs a batch of each before it gives any) completes.
     /// On that thread the first reader would fill its channel and wait while the other
@@ -1904,6 +1901,9 @@ mod tests {
         assert_eq!(ids, (0..n).collect::<Vec<_>>());
     }
 
+    /// Weight chunks of several uncompressed PLAIN pages (as another tool may write
+    /// them) are copied page by page and give the answer of the same rows in
+    /// dictionary-encoded files (parquet-rs's reader); neither is read in place.
     #[tokio::test]
     async fn plain_weight_chunks_of_several_pages_are_copied() {
         let sql = "SELECT model_id, count(*) AS n, sum(w0) AS a, sum(w4) AS b, sum(w8) AS c \

@@ -88,7 +88,11 @@ impl Shared {
         match self.file.write_all_at(bytes, job.offset) {
             // A file system that reported direct I/O but refuses this write (EINVAL:
             // an alignment it did not report): the rest goes through the page cache.
-            Err(e) if self.direct && is_einval(&e) && leave_direct(&self.file) => {
+            Err(e)
+                if self.direct
+                    && e.kind() == std::io::ErrorKind::InvalidInput
+                    && set_direct(&self.file, false) =>
+            {
                 self.file.write_all_at(bytes, job.offset)?;
             }
             other => other?,
@@ -154,12 +158,7 @@ fn go_direct(file: &File) -> Option<usize> {
     if !align.is_power_of_two() || !CHUNK.is_multiple_of(align) {
         return None;
     }
-    // SAFETY: fcntl on an open descriptor, with flags it returned.
-    let ok = unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_DIRECT) == 0
-    };
-    ok.then_some(align)
+    set_direct(file, true).then_some(align)
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -167,30 +166,26 @@ fn go_direct(_file: &File) -> Option<usize> {
     None
 }
 
+/// Switch `file` to direct writes (`on`) or back to writes through the page cache;
+/// whether that worked.
 #[cfg(target_os = "linux")]
-fn is_einval(e: &std::io::Error) -> bool {
-    e.raw_os_error() == Some(libc::EINVAL)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn is_einval(_e: &std::io::Error) -> bool {
-    false
-}
-
-/// Switch `file` back to writes through the page cache; whether that worked.
-#[cfg(target_os = "linux")]
-fn leave_direct(file: &File) -> bool {
+fn set_direct(file: &File, on: bool) -> bool {
     use std::os::fd::AsRawFd;
     let fd = file.as_raw_fd();
     // SAFETY: fcntl on an open descriptor, with flags it returned.
     unsafe {
         let flags = libc::fcntl(fd, libc::F_GETFL);
-        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_DIRECT) == 0
+        let flags = if on {
+            flags | libc::O_DIRECT
+        } else {
+            flags & !libc::O_DIRECT
+        };
+        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags) == 0
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn leave_direct(_file: &File) -> bool {
+fn set_direct(_file: &File, _on: bool) -> bool {
     false
 }
 
@@ -289,10 +284,16 @@ impl Output {
         } else {
             self.free.recv().map_err(|_| stopped())?
         };
-        let chunk = std::mem::replace(&mut self.chunk, fresh);
+        self.dispatch(self.filled, fresh)
+    }
+
+    /// Hand `len` bytes of the chunk being filled to the I/O threads, or keep it as the
+    /// held head, and fill `next` from here on.
+    fn dispatch(&mut self, len: usize, next: Chunk) -> std::io::Result<()> {
+        let chunk = std::mem::replace(&mut self.chunk, next);
         let job = Job {
             chunk,
-            len: self.filled,
+            len,
             offset: self.offset,
         };
         self.offset += self.filled as u64;
@@ -332,23 +333,11 @@ impl Output {
         if self.filled > 0 {
             let len = self.filled.next_multiple_of(self.align);
             self.chunk.bytes_mut()[self.filled..len].fill(0);
-            let chunk = std::mem::replace(
-                &mut self.chunk,
-                Chunk {
-                    mem: Vec::new(),
-                    start: 0,
-                },
-            );
-            let job = Job {
-                chunk,
-                len,
-                offset: self.offset,
+            let none = Chunk {
+                mem: Vec::new(),
+                start: 0,
             };
-            if self.hold_head && job.offset == 0 {
-                self.head = Some((job.chunk, job.len));
-            } else {
-                self.send(job)?;
-            }
+            self.dispatch(len, none)?;
         }
         if let Some((chunk, len)) = self.head.take() {
             self.send(Job {
