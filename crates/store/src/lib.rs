@@ -47,7 +47,7 @@ pub use log::{Action, CHECKPOINT_INTERVAL, Commit, ModelEntry, ModelFiles, Snaps
 pub use schema::{
     Precision, WEIGHT_COLUMNS, filters_schema, layers_schema, models_schema, schema_to_json,
 };
-pub use write::{FILTERS_ROW_GROUP, OnePageChunk, StageOptions, single_page_chunk};
+pub use write::{FILTERS_ROW_GROUP, OnePageChunk, StageOptions};
 
 use error::IoContext;
 

@@ -473,33 +473,8 @@ fn raw_plain_chunk(
     chunk.write_aligned(page, descr, at, width)
 }
 
-/// A column chunk whose only page is `page` (uncompressed, without statistics) holding
-/// `rows` rows: the chunk's bytes and the close result that
-/// `SerializedRowGroupWriter::append_column` takes. `encodings` lists the page's value
-/// and level encodings for the chunk's metadata. Used by the store's raw weight columns
-/// and by exports' raw list columns (`filterdb_sql`).
-///
-/// # Errors
-/// Parquet errors writing the page header.
-pub fn single_page_chunk(
-    page: Page,
-    rows: usize,
-    encodings: Vec<Encoding>,
-    descr: parquet::schema::types::ColumnDescPtr,
-) -> parquet::errors::Result<(Bytes, ColumnCloseResult)> {
-    let uncompressed = page.buffer().len();
-    let chunk = OnePageChunk {
-        uncompressed,
-        rows,
-        encodings,
-        compression: Compression::UNCOMPRESSED,
-        statistics: None,
-    };
-    chunk.write(page, descr)
-}
-
-/// What a column chunk of one page declares besides the page: see
-/// [`single_page_chunk`], which writes uncompressed pages without statistics.
+/// What a column chunk of one page declares besides the page (the store's weight and
+/// id columns, exports' list and integer columns in `filterdb_sql`).
 #[derive(Debug, Clone)]
 pub struct OnePageChunk {
     /// Bytes of the page's buffer before compression (levels and values).
