@@ -359,6 +359,32 @@ mod x86 {
         }
     }
 
+    /// Row `x` widened to f64 minus `c` (lanes 0..4 in `c_lo`, 4..8 in `c_hi`, 8 in `c8`):
+    /// values 0..4 and 4..8 in registers, all nine in an array.
+    ///
+    /// # Safety
+    /// Only inside a function with AVX2 enabled; `x` has at least 9 values.
+    #[inline(always)]
+    unsafe fn centred_avx2(
+        x: &[f32],
+        c_lo: __m256d,
+        c_hi: __m256d,
+        c8: f64,
+    ) -> (__m256d, __m256d, [f64; 9]) {
+        debug_assert!(x.len() >= 9);
+        // SAFETY: the caller's contract; 8 of x's values are loaded, 8 of d's stored.
+        unsafe {
+            let v = _mm256_loadu_ps(x.as_ptr());
+            let d_lo = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), c_lo);
+            let d_hi = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v)), c_hi);
+            let mut d = [0f64; 9];
+            _mm256_storeu_pd(d.as_mut_ptr(), d_lo);
+            _mm256_storeu_pd(d.as_mut_ptr().add(4), d_hi);
+            d[8] = f64::from(x[8]) - c8;
+            (d_lo, d_hi, d)
+        }
+    }
+
     /// [`moments_avx512`] in 4-lane registers: of row `i`'s products `d_i d_j`, lanes
     /// `j = 0..4` (needed for `i < 4` only, the upper triangle) and `j = 4..8` go to
     /// separate accumulators, `j = 8` to a scalar. Multiplies and adds stay separate (no
@@ -394,16 +420,9 @@ mod x86 {
         let mut last: [f64; 9] = std::array::from_fn(|i| s2[i][8]);
         let mut s18 = s1[8];
         for x in rows.chunks_exact(9) {
-            // SAFETY: x has 9 values; 8 are read.
-            let v = unsafe { _mm256_loadu_ps(x.as_ptr()) };
-            let d_lo = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), sh_lo);
-            let d_hi = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v)), sh_hi);
-            let mut d = [0f64; 8];
-            unsafe {
-                _mm256_storeu_pd(d.as_mut_ptr(), d_lo);
-                _mm256_storeu_pd(d.as_mut_ptr().add(4), d_hi);
-            }
-            let dl = f64::from(x[8]) - shift[8];
+            // SAFETY: AVX2 is this function's; x has 9 values.
+            let (d_lo, d_hi, d) = unsafe { centred_avx2(x, sh_lo, sh_hi, shift[8]) };
+            let dl = d[8];
             v_lo = _mm256_add_pd(v_lo, d_lo);
             v_hi = _mm256_add_pd(v_hi, d_hi);
             s18 += dl;
@@ -453,17 +472,8 @@ mod x86 {
             )
         };
         for (o, x) in out.chunks_exact_mut(9).zip(rows.chunks_exact(9)) {
-            // SAFETY: x has 9 values; 8 are read.
-            let v = unsafe { _mm256_loadu_ps(x.as_ptr()) };
-            let d_lo = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), m_lo);
-            let d_hi = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v)), m_hi);
-            let mut d = [0f64; 9];
-            // SAFETY: d has 9 lanes; 0..8 are written.
-            unsafe {
-                _mm256_storeu_pd(d.as_mut_ptr(), d_lo);
-                _mm256_storeu_pd(d.as_mut_ptr().add(4), d_hi);
-            }
-            d[8] = f64::from(x[8]) - mean[8];
+            // SAFETY: AVX2 is this function's; x has 9 values.
+            let (_, _, d) = unsafe { centred_avx2(x, m_lo, m_hi, mean[8]) };
             let b = _mm256_set1_pd(d[0]);
             let mut lo = _mm256_mul_pd(c_lo[0], b);
             let mut hi = _mm256_mul_pd(c_hi[0], b);
