@@ -963,8 +963,8 @@ impl Binner {
 /// The index stays a float until the store: a bin number is below 2^31 (`Binner::new`),
 /// so it and the `+ 1` / `- 1` corrections are exact in f64, and a float index compares and
 /// selects in the same registers as the values. An integer index cost AVX2 (no
-/// unsigned conversions or compares before AVX-512) a six-instruction emulation of
-/// each `u32 -> f64` and of the unsigned compare: this loop was the pipeline's hottest
+/// unsigned conversions or compares before AVX-512) a several-instruction emulation of
+/// each `u32 -> f64` and of the unsigned compares: this loop was the pipeline's hottest
 /// there (14 % of `analyze kl-matrix`).
 #[multiversion::multiversion(targets(
     "x86_64+avx512f+avx512vl+avx512bw+avx512dq",

@@ -389,7 +389,7 @@ mod x86 {
     /// `j = 0..4` (needed for `i < 4` only, the upper triangle) and `j = 4..8` go to
     /// separate accumulators, `j = 8` to a scalar. Multiplies and adds stay separate (no
     /// FMA), in the portable order, so the bits are the portable version's. Without it,
-    /// AVX2 CPUs ran the scalar loop, 10 % of `analyze kl-matrix` on one of them.
+    /// AVX2 CPUs ran the scalar loop, 9 % of `analyze kl-matrix` on one of them.
     ///
     /// # Safety
     /// The CPU must support AVX2; `rows.len()` is a multiple of 9.
