@@ -74,6 +74,12 @@ EDGE_TOL = 1e-12
 #: Variance entropy (moments+eigen vs SVD), orthogonality: absolute on values of order 1.
 ATOL_ENTROPY = 1e-9
 ATOL_ORTHO = 1e-9
+#: ... except that a layer with n_out^2 * n_in * 9 >= 2^20 (stores hold float16/float32)
+#: takes filterdb's f32 Gram kernel (crates/udf/src/aggregate/orthogonality/gram32.rs):
+#: dot products summed in f32 over k-blocks of at most 64 dimensions, whose worst-case
+#: error is gamma_65 = 65 u / (1 - 65 u), u = 2^-24 (3.9e-6).
+ORTHO_F32_WORK = 1 << 20
+ATOL_ORTHO_F32 = 65 * 2.0**-24 / (1 - 65 * 2.0**-24)
 #: Sparsity is a ratio of counts with the threshold computed in float64 from the same
 #: stored values: exact.
 ATOL_SPARSITY = 0.0
@@ -299,6 +305,7 @@ class Checker:
             return
         got = {(r["model_id"], r["layer_idx"]): r.get("v") for r in rows}
         bad = []
+        worst, wide = 0.0, 0  # the largest error, and count, of the f32-kernel layers (reported)
         for key, idx in self.d.groups.items():
             e = f(idx)
             g = got.get(key, "absent")
@@ -311,9 +318,16 @@ class Checker:
                     continue
                 bad.append(f"layer {key} ({ambiguous}): got {g!r}, expected NULL/NaN")
                 continue
-            if g is None or not math.isclose(float(g), e, rel_tol=rtol, abs_tol=atol) and not (atol == 0 and float(g) == e):
+            tol = atol(idx) if callable(atol) else atol
+            if g is not None and callable(atol) and tol == ATOL_ORTHO_F32:
+                worst = max(worst, abs(float(g) - e))
+                wide += 1
+            if g is None or not math.isclose(float(g), e, rel_tol=rtol, abs_tol=tol) and not (tol == 0 and float(g) == e):
                 bad.append(f"layer {key} {self._lname(key)}: got {g!r} expected {e!r}")
-        self.add(check, not bad, "; ".join(bad[:3]) + (f" (+{len(bad)-3} more)" if len(bad) > 3 else ""), len(self.d.groups))
+        msg = "; ".join(bad[:3]) + (f" (+{len(bad)-3} more)" if len(bad) > 3 else "")
+        if callable(atol) and not bad and wide:
+            msg = f"{wide} layers in the f32 Gram kernel's tolerance, largest error {worst:.1e}"
+        self.add(check, not bad, msg, len(self.d.groups))
 
     def _lname(self, key):
         L = self.d.layer_key.get(key)
@@ -322,6 +336,10 @@ class Checker:
     def check_layer_functions(self):
         d = self.d
         W = d.w
+
+        def atol_ortho(i):
+            n_out, n_in = len(np.unique(d.out_channel[i])), len(np.unique(d.in_channel[i]))
+            return ATOL_ORTHO_F32 if n_out * n_out * n_in * 9 >= ORTHO_F32_WORK else ATOL_ORTHO
         self._layer_check("layer_sparsity", "layer_sparsity(weights)", lambda i: ref.layer_sparsity(W[i]), ATOL_SPARSITY)
         self._layer_check("layer_sparsity(ratio=0.05)", "layer_sparsity(weights, 0.05)",
                           lambda i: ref.layer_sparsity(W[i], 0.05), ATOL_SPARSITY)
@@ -343,7 +361,7 @@ class Checker:
         self._layer_check("variance_entropy_clean_norm(ratio=0.05)", "variance_entropy_clean_norm(weights, 0.05)",
                           lambda i: norm(i, 0.05), ATOL_ENTROPY, ambiguous="no non-sparse filter")
         self._layer_check("orthogonality", "orthogonality(weights, out_channel, in_channel)",
-                          lambda i: ref.orthogonality(W[i], d.out_channel[i], d.in_channel[i]), ATOL_ORTHO,
+                          lambda i: ref.orthogonality(W[i], d.out_channel[i], d.in_channel[i]), atol_ortho,
                           ambiguous="one out channel")
         # layer_degeneration: every field of the one-pass struct against the same references
         for ratio in (None, 0.05):
@@ -357,7 +375,7 @@ class Checker:
                 ("entropy_norm", norm, ATOL_ENTROPY),
                 ("entropy_clean", lambda i, r=r: ref.variance_entropy_clean(W[i], r), ATOL_ENTROPY),
                 ("entropy_clean_norm", lambda i, r=r: norm(i, r), ATOL_ENTROPY),
-                ("orthogonality", lambda i: ref.orthogonality(W[i], d.out_channel[i], d.in_channel[i]), ATOL_ORTHO),
+                ("orthogonality", lambda i: ref.orthogonality(W[i], d.out_channel[i], d.in_channel[i]), atol_ortho),
             ]
             for field, f, atol in fields:
                 self._layer_check(f"{call}['{field}']", f"{call}['{field}']", f, atol,

@@ -238,6 +238,8 @@ pub trait ExactFloat: ArrowPrimitiveType + Debug + Send + Sync + 'static {
     /// Add `rows.len() / 9` filters minus `shift` to `m` (the bits of
     /// [`Moments::add`] row by row on the shifted filters).
     fn add_moments(m: &mut Moments, rows: &[Self::Native], shift: &[f64; 9]);
+    /// The values as f32, when that is the native type.
+    fn as_f32(rows: &[Self::Native]) -> Option<&[f32]>;
 }
 
 impl ExactFloat for Float32Type {
@@ -258,6 +260,9 @@ impl ExactFloat for Float32Type {
     fn add_moments(m: &mut Moments, rows: &[f32], shift: &[f64; 9]) {
         m.add_rows_f32(rows, shift);
     }
+    fn as_f32(rows: &[f32]) -> Option<&[f32]> {
+        Some(rows)
+    }
 }
 
 impl ExactFloat for Float64Type {
@@ -277,6 +282,9 @@ impl ExactFloat for Float64Type {
     }
     fn add_moments(m: &mut Moments, rows: &[f64], shift: &[f64; 9]) {
         m.add_rows_shifted(rows, shift);
+    }
+    fn as_f32(_rows: &[f64]) -> Option<&[f32]> {
+        None
     }
 }
 
