@@ -1262,11 +1262,6 @@ fn bench_coef_histogram_merge(c: &mut Criterion) {
     }
 }
 
-/// Absolute tolerance of `orthogonality` (and the struct of `layer_degeneration`) against
-/// the f64 reference: large float16/float32 layers take the f32 Gram kernel, whose worst
-/// case is `gamma_65` = 3.9e-6 (`crates/udf/src/aggregate/orthogonality/gram32.rs`).
-const ORTHO_ATOL: f64 = 3.9e-6;
-
 /// Filters of the `orthogonality` benchmarks: a 16th of the others, at least 4096
 /// (65,536 by default).
 fn ortho_filters() -> usize {
@@ -1339,7 +1334,7 @@ fn bench_orthogonality(c: &mut Criterion) {
                     vec![Arc::new(out) as ArrayRef]
                 },
                 |i| call.run(&i.args, &i.groups, i.n),
-                close(1e-9, ORTHO_ATOL),
+                close(1e-9, 1e-12),
             );
         }
     }
@@ -1420,7 +1415,7 @@ fn bench_layer_degeneration(c: &mut Criterion) {
                     let out = call.run(&i.args, &i.groups, i.n);
                     out[0].as_struct().columns().to_vec()
                 },
-                close(1e-9, ORTHO_ATOL),
+                close(1e-9, 1e-12),
             );
         }
     }

@@ -29,7 +29,8 @@ What it does, in order (each step is skipped when its output already exists):
    that confirms the range guessed from those filters; 3 when the guess is off) and
    `filterdb analyze degeneration --all-layers --format csv` (1 pass), each one warm-up
    run then --reps timed runs under /usr/bin/time -v (wall, user, sys, peak RSS);
-   the median wall is reported.
+   the median wall is reported. Degeneration also runs with `--gram-precision f32`
+   (orthogonality's opt-in f32 Gram kernel), reported beside the default, not in its place.
 4. baseline: `bench_polars.py`, `bench_duckdb.py`, `bench_numpy.py --layout b`
    (POLARS_MAX_THREADS=2), --peer-reps runs each under /usr/bin/time -v after reading
    the Parquet file once into the page cache; their own stage times come from their
@@ -270,13 +271,16 @@ def fdb_commands(fdb, store, threads, with_sql=True):
         "degeneration": [fdb, "analyze", "degeneration", "--store", store, "--all-layers",
                          "--format", "csv"] + extra,
     }
+    # the opt-in f32 Gram kernel of orthogonality (not MISSION.md's float64 accumulation;
+    # at most 3.9e-6 off): reported beside the default, never instead of it
+    cmds["degeneration-f32"] = cmds["degeneration"] + ["--gram-precision", "f32"]
     if with_sql:
         cmds["layer-sql"] = [fdb, "sql", "--store", store, "--format", "csv"] + extra + [LAYER_SQL]
     return cmds
 
 
 OUTFILE = {"kl-matrix": "filterdb_kl.json", "degeneration": "filterdb_degeneration.csv",
-           "layer-sql": "filterdb_layer_sql.csv"}
+           "degeneration-f32": "filterdb_degeneration_f32.csv", "layer-sql": "filterdb_layer_sql.csv"}
 
 
 def inproc_seconds(stderr):
@@ -489,13 +493,17 @@ def main():
         l_rss = max(fr["kl-matrix"]["rss_mib"], fr["layer-sql"]["rss_mib"])
         log(f"| filterdb like-for-like (kl-matrix + layer-stats SQL, no orthogonality) | {like:.3f} | "
             f"{fmt_rate(n, like)} | {l_rss:.0f} | - |")
+    f32_total = fr["kl-matrix"]["wall"] + fr["degeneration-f32"]["wall"]
+    log(f"| filterdb, degeneration --gram-precision f32 (opt-in) | {f32_total:.3f} | "
+        f"{fmt_rate(n, f32_total)} | - | - |")
     for t, p in peers.items():
         ratio = (n / f_total) / (n / p["total"])
         r2 = (n / like) / (n / p["total"]) if like else float("nan")
+        r3 = p["total"] / f32_total
         table.append(dict(tool=t, seconds=p["total"], wall=p["wall"], rss_mib=p["rss_mib"], ratio=ratio,
-                          ratio_like_for_like=r2))
+                          ratio_like_for_like=r2, ratio_gram_f32=r3))
         log(f"| {t} (process wall {p['wall']:.3f} s) | {p['total']:.3f} | {fmt_rate(n, p['total'])} | "
-            f"{p['rss_mib']:.0f} | {ratio:.2f} (like-for-like {r2:.2f}) |")
+            f"{p['rss_mib']:.0f} | {ratio:.2f} (like-for-like {r2:.2f}, f32 Gram {r3:.2f}) |")
 
     log("\nPer part (seconds; ratio = peer time / filterdb time, > 1 means filterdb faster):")
     log("| tool | layer stats (degeneration) | ratio | PCA + range + hist + KL (kl-matrix) | ratio | load (numpy only) |")
@@ -506,6 +514,11 @@ def main():
     fsql = fr["layer-sql"]["wall"] if "layer-sql" in fr else float("nan")
     if "layer-sql" in fr:
         log(f"| filterdb layer-stats SQL (no orthogonality) | {fsql:.3f} | - | - | - | - |")
+    log(f"| filterdb degeneration --gram-precision f32 | {fr['degeneration-f32']['wall']:.3f} | - | - | - | - |")
+    with open(os.path.join(res, OUTFILE["degeneration"])) as f64_csv, \
+            open(os.path.join(res, OUTFILE["degeneration-f32"])) as f32_csv:
+        same = f64_csv.read() == f32_csv.read()
+    log(f"  (its CSV, 4 decimals, {'equals' if same else 'DIFFERS from'} the default's)")
     parts = {}
     for t, p in peers.items():
         s = p["stages"]
@@ -525,7 +538,7 @@ def main():
         json.dump(summary, f, indent=1)
     log(f"-> {os.path.join(res, 'pipeline.json')}")
     if args.perf:
-        perf_profile({k: v for k, v in cmds.items() if k != "layer-sql"}, res, args.perf)
+        perf_profile({k: v for k, v in cmds.items() if k in ("kl-matrix", "degeneration")}, res, args.perf)
     return 0 if all(a["pass"] for a in agr.values()) else 1
 
 

@@ -74,10 +74,11 @@ EDGE_TOL = 1e-12
 #: Variance entropy (moments+eigen vs SVD), orthogonality: absolute on values of order 1.
 ATOL_ENTROPY = 1e-9
 ATOL_ORTHO = 1e-9
-#: ... except that a layer with n_out^2 * n_in * 9 >= 2^20 (stores hold float16/float32)
-#: takes filterdb's f32 Gram kernel (crates/udf/src/aggregate/orthogonality/gram32.rs):
-#: dot products summed in f32 over k-blocks of at most 64 dimensions, whose worst-case
-#: error is gamma_65 = 65 u / (1 - 65 u), u = 2^-24 (3.9e-6).
+#: With gram_precision 'f32', a layer with n_out^2 * n_in * 9 >= 2^20 (stores hold
+#: float16/float32) takes filterdb's f32 Gram kernel
+#: (crates/udf/src/aggregate/orthogonality/gram32.rs): dot products summed in f32 over
+#: k-blocks of at most 64 dimensions, whose worst-case error is gamma_65 = 65 u / (1 - 65 u),
+#: u = 2^-24 (3.9e-6).
 ORTHO_F32_WORK = 1 << 20
 ATOL_ORTHO_F32 = 65 * 2.0**-24 / (1 - 65 * 2.0**-24)
 #: Sparsity is a ratio of counts with the threshold computed in float64 from the same
@@ -361,8 +362,12 @@ class Checker:
         self._layer_check("variance_entropy_clean_norm(ratio=0.05)", "variance_entropy_clean_norm(weights, 0.05)",
                           lambda i: norm(i, 0.05), ATOL_ENTROPY, ambiguous="no non-sparse filter")
         self._layer_check("orthogonality", "orthogonality(weights, out_channel, in_channel)",
-                          lambda i: ref.orthogonality(W[i], d.out_channel[i], d.in_channel[i]), atol_ortho,
+                          lambda i: ref.orthogonality(W[i], d.out_channel[i], d.in_channel[i]), ATOL_ORTHO,
                           ambiguous="one out channel")
+        for call in ("orthogonality(weights, out_channel, in_channel, 'f32')",
+                     "layer_degeneration(weights, out_channel, in_channel, 0.01, 'f32')['orthogonality']"):
+            self._layer_check(call, call, lambda i: ref.orthogonality(W[i], d.out_channel[i], d.in_channel[i]),
+                              atol_ortho, ambiguous="one out channel")
         # layer_degeneration: every field of the one-pass struct against the same references
         for ratio in (None, 0.05):
             r = 0.01 if ratio is None else ratio
@@ -375,7 +380,7 @@ class Checker:
                 ("entropy_norm", norm, ATOL_ENTROPY),
                 ("entropy_clean", lambda i, r=r: ref.variance_entropy_clean(W[i], r), ATOL_ENTROPY),
                 ("entropy_clean_norm", lambda i, r=r: norm(i, r), ATOL_ENTROPY),
-                ("orthogonality", lambda i: ref.orthogonality(W[i], d.out_channel[i], d.in_channel[i]), atol_ortho),
+                ("orthogonality", lambda i: ref.orthogonality(W[i], d.out_channel[i], d.in_channel[i]), ATOL_ORTHO),
             ]
             for field, f, atol in fields:
                 self._layer_check(f"{call}['{field}']", f"{call}['{field}']", f, atol,

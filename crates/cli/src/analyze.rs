@@ -142,6 +142,19 @@ struct DegenerationArgs {
     /// Print per-layer rows too (default: only flagged layers and the per-model summary).
     #[arg(long)]
     all_layers: bool,
+    /// Orthogonality's Gram products: f64 accumulates in float64 (MISSION.md's definition);
+    /// f32 sums large float16/float32 layers in float32 over blocks of 64 dimensions on
+    /// AVX2 CPUs, about twice as fast, at most 3.9e-6 from the f64 value.
+    #[arg(long, value_enum, default_value = "f64")]
+    gram_precision: GramPrecision,
+}
+
+/// `analyze degeneration --gram-precision`: the `gram_precision` argument of
+/// `layer_degeneration`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum GramPrecision {
+    F64,
+    F32,
 }
 
 #[derive(Debug, Args)]
@@ -492,8 +505,10 @@ fn csv_line(cells: impl Iterator<Item = String>) -> String {
 /// not once per statistic). Without `--where` it reads `filters` alone (grouped by the two
 /// integer ids) and joins the layer's and model's names onto the per-layer rows; with
 /// `--where` it reads `filters_meta`.
-pub fn degeneration_sql(where_clause: &str, ratio: f64) -> String {
-    let aggregate = format!("layer_degeneration(weights, out_channel, in_channel, {ratio}) AS d");
+pub fn degeneration_sql(where_clause: &str, ratio: f64, f32_gram: bool) -> String {
+    let precision = if f32_gram { "'f32'" } else { "'f64'" };
+    let aggregate =
+        format!("layer_degeneration(weights, out_channel, in_channel, {ratio}, {precision}) AS d");
     let fields = "d['n_filters'] AS n_filters, d['sparsity'] AS sparsity, d['entropy'] AS entropy, \
          d['entropy_norm'] AS entropy_norm, d['entropy_clean_norm'] AS entropy_clean_norm, \
          d['orthogonality'] AS orthogonality";
@@ -520,7 +535,11 @@ fn degeneration(a: DegenerationArgs) -> Result<ExitCode> {
     runtime()?.block_on(async {
         let ctx = session(&a.common).await?;
         let started = std::time::Instant::now();
-        let sql = degeneration_sql(&a.common.where_clause(), a.ratio);
+        let sql = degeneration_sql(
+            &a.common.where_clause(),
+            a.ratio,
+            a.gram_precision == GramPrecision::F32,
+        );
         let flags = format!(
             "concat_ws(' ', CASE WHEN sparsity >= {s} THEN 'sparse' END, \
              CASE WHEN entropy_clean_norm < {l} THEN 'low-diversity' END, \

@@ -47,7 +47,8 @@ use super::layer_sparsity::{
     ratio_at, ratio_column, set_ratio, storage, uniform_ratio,
 };
 use super::orthogonality::{
-    OrthogonalityState, coerce_layer_args, layer_state_fields, orthogonality_ref,
+    OrthogonalityState, coerce_layer_args, coerce_precision, gram_f32_arg, layer_state_fields,
+    orthogonality_ref,
 };
 use super::variance_entropy::{ShiftedMoments, normalise, variance_entropy_ref};
 use crate::common::{Moments, group_runs, sparse_threshold};
@@ -126,10 +127,7 @@ pub struct DegenerationState<T: ExactFloat> {
 
 impl<T: ExactFloat> Default for DegenerationState<T> {
     fn default() -> Self {
-        DegenerationState {
-            layers: OrthogonalityState::named(NAME),
-            ratio: Vec::new(),
-        }
+        Self::new(false)
     }
 }
 
@@ -139,6 +137,14 @@ pub type LayerDegenerationGroupsAccumulator<T> = Groups<DegenerationState<T>>;
 pub type LayerDegenerationAccumulator<T> = Single<DegenerationState<T>>;
 
 impl<T: ExactFloat> DegenerationState<T> {
+    /// An empty state; `f32_gram`: the call asked for the f32 Gram kernel.
+    fn new(f32_gram: bool) -> Self {
+        DegenerationState {
+            layers: OrthogonalityState::named(NAME).with_f32_gram(f32_gram),
+            ratio: Vec::new(),
+        }
+    }
+
     /// The statistics of group `g` (`None` when it is empty).
     fn eval_group(&self, g: usize) -> Result<Option<LayerStats>> {
         let w = self.layers.weights(g);
@@ -179,7 +185,10 @@ impl<T: ExactFloat> DegenerationState<T> {
 
 impl<T: ExactFloat> GroupAgg for DegenerationState<T> {
     fn fresh(&self) -> Self {
-        Self::default()
+        DegenerationState {
+            layers: self.layers.fresh(),
+            ratio: Vec::new(),
+        }
     }
 
     fn resize(&mut self, n: usize) {
@@ -199,8 +208,8 @@ impl<T: ExactFloat> GroupAgg for DegenerationState<T> {
         groups: &[usize],
         filter: Option<&BooleanArray>,
     ) -> Result<()> {
-        let ([w, out, inp] | [w, out, inp, _]) = values else {
-            return exec_err!("{NAME}: expected 3 or 4 arguments, got {}", values.len());
+        let ([w, out, inp] | [w, out, inp, _] | [w, out, inp, _, _]) = values else {
+            return exec_err!("{NAME}: expected 3 to 5 arguments, got {}", values.len());
         };
         // The ratio of every row that counts (the rows the layer state keeps);
         // `ratio_column` reads the argument after the first of the slice it is given.
@@ -338,8 +347,10 @@ static DOC: LazyLock<Documentation> = LazyLock::new(|| {
          (= orthogonality(weights, out_channel, in_channel)). Faster than the five separate \
          aggregates: the layer is kept once and read once per statistic. Rows with a NULL \
          filter or channel are skipped; an empty group gives NULL; a duplicate or missing \
-         (out, in) pair is an error; orthogonality is NULL below 2 out channels.",
-        "layer_degeneration(weights, out_channel, in_channel [, ratio])",
+         (out, in) pair is an error; orthogonality is NULL below 2 out channels. \
+         gram_precision as for orthogonality ('f64' by default, 'f32' for the faster \
+         float32 Gram kernel).",
+        "layer_degeneration(weights, out_channel, in_channel [, ratio [, gram_precision]])",
     )
     .with_argument(
         "weights",
@@ -350,6 +361,10 @@ static DOC: LazyLock<Documentation> = LazyLock::new(|| {
     .with_argument(
         "ratio",
         "Sparsity threshold as a share of the group's largest |w| (default 0.01); the same for every row of a group.",
+    )
+    .with_argument(
+        "gram_precision",
+        "'f64' (default) or 'f32': the orthogonality's Gram kernel, see orthogonality.",
     )
     .with_sql_example(
         "SELECT model_id, layer_idx, d['sparsity'], d['entropy_norm'], d['orthogonality'] \
@@ -369,12 +384,14 @@ impl AggregateUDFImpl for LayerDegenerationAgg {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        let (w, o, i, r) = match arg_types {
-            [w, o, i] => (w, o, i, None),
-            [w, o, i, r] => (w, o, i, Some(r)),
+        let (w, o, i, r, p) = match arg_types {
+            [w, o, i] => (w, o, i, None, None),
+            [w, o, i, r] => (w, o, i, Some(r), None),
+            [w, o, i, r, p] => (w, o, i, Some(r), Some(p)),
             _ => {
                 return plan_err!(
-                    "{NAME} expects 3 or 4 arguments (weights, out_channel, in_channel [, ratio]), got {}",
+                    "{NAME} expects 3 to 5 arguments (weights, out_channel, in_channel \
+                     [, ratio [, gram_precision]]), got {}",
                     arg_types.len()
                 );
             }
@@ -386,6 +403,9 @@ impl AggregateUDFImpl for LayerDegenerationAgg {
             }
             out.push(DataType::Float64);
         }
+        if let Some(p) = p {
+            out.push(coerce_precision(NAME, p)?);
+        }
         Ok(out)
     }
 
@@ -394,8 +414,9 @@ impl AggregateUDFImpl for LayerDegenerationAgg {
     }
 
     fn accumulator(&self, acc_args: AccumulatorArgs<'_>) -> Result<Box<dyn Accumulator>> {
+        let f = gram_f32_arg(NAME, &acc_args, 4)?;
         Ok(match storage(&acc_args) {
-            DataType::Float32 => Box::new(Single::new(DegenerationState::<Float32Type>::default())),
+            DataType::Float32 => Box::new(Single::new(DegenerationState::<Float32Type>::new(f))),
             _ => Box::new(Single::new(DegenerationState::<Float64Type>::default())),
         })
     }
@@ -418,8 +439,9 @@ impl AggregateUDFImpl for LayerDegenerationAgg {
         &self,
         args: AccumulatorArgs<'_>,
     ) -> Result<Box<dyn GroupsAccumulator>> {
+        let f = gram_f32_arg(NAME, &args, 4)?;
         Ok(match storage(&args) {
-            DataType::Float32 => Box::new(Groups(DegenerationState::<Float32Type>::default())),
+            DataType::Float32 => Box::new(Groups(DegenerationState::<Float32Type>::new(f))),
             _ => Box::new(Groups(DegenerationState::<Float64Type>::default())),
         })
     }

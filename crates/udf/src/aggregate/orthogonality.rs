@@ -16,9 +16,13 @@
 //! `List<Float32|Float64>` of 9 weights per filter; Float32 for float16/float32 input):
 //! `O(filters)` memory, reported by `size()`, spillable. Evaluation costs
 //! `O(n^2 * n_in * 9)` multiply-adds (never an `n x n` matrix in memory), see
-//! [`orthogonality_kernel`] (f64, ~1e-14 relative). Layers kept in Float32 with
-//! `n^2 * n_in * 9 >= 2^20` take the f32 Gram kernel of [`gram32`] on AVX2 CPUs: twice
-//! the lanes, at most 3.9e-6 from the exact value (its docs give the bound).
+//! [`orthogonality_kernel`] (f64, ~1e-14 relative).
+//!
+//! An optional fourth argument, `gram_precision`, `'f64'` (default) or `'f32'`: with
+//! `'f32'`, layers kept in Float32 with `n^2 * n_in * 9 >= 2^20` take the f32 Gram kernel
+//! of [`gram32`] on AVX2 CPUs: twice the lanes, at most 3.9e-6 from the float64 value
+//! (its docs give the bound). The default stays float64 accumulation, as MISSION.md
+//! section 3 defines every number.
 
 use std::mem::size_of;
 use std::ops::Range;
@@ -26,13 +30,14 @@ use std::sync::{Arc, LazyLock};
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float64Array};
 use arrow::datatypes::{DataType, Field, FieldRef, Float32Type, Float64Type, Int64Type};
-use datafusion::common::{Result, exec_err, plan_err};
+use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::utils::format_state_name;
 use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, Documentation, DocumentationBuilder, EmitTo,
     GroupsAccumulator, Signature, Volatility,
 };
+use datafusion::physical_expr::expressions::Literal;
 
 use super::layer_sparsity::{
     DOC_SECTION, ExactFloat, GroupAgg, Groups, Single, list_of, list_type, passes, state_storage,
@@ -696,6 +701,8 @@ pub struct OrthogonalityState<T: ExactFloat> {
     spare: Vec<Layer<T::Native>>,
     /// Bytes allocated by `groups` and `spare`.
     bytes: usize,
+    /// The call asked for the f32 Gram kernel (`'f32'`, see [`gram32`]).
+    f32_gram: bool,
 }
 
 /// Emptied layer buffers an [`OrthogonalityState`] keeps for reuse.
@@ -720,7 +727,14 @@ impl<T: ExactFloat> OrthogonalityState<T> {
             groups: Vec::new(),
             spare: Vec::new(),
             bytes: 0,
+            f32_gram: false,
         }
+    }
+
+    /// This state with the Gram precision a call asked for ([`gram_f32_arg`]).
+    pub(crate) fn with_f32_gram(mut self, f32_gram: bool) -> Self {
+        self.f32_gram = f32_gram;
+        self
     }
 
     fn push(&mut self, g: usize, out: i64, inp: i64, w: &[T::Native]) {
@@ -831,9 +845,10 @@ impl<T: ExactFloat> OrthogonalityState<T> {
         }
         let n_out: usize = runs;
         let d = n_in * 9;
-        // Large layers kept in f32 take the f32 Gram kernel, straight from the state when
-        // the filters arrived in order (see `gram32` for its precision).
-        if let Some(w) = T::as_f32(&l.w)
+        // Asked for ('f32'), large layers kept in f32 take the f32 Gram kernel, straight
+        // from the state when the filters arrived in order (see `gram32` for its precision).
+        if self.f32_gram
+            && let Some(w) = T::as_f32(&l.w)
             && n_out.saturating_mul(n_out).saturating_mul(d) >= SMALL_LAYER_WORK
             && gram32::available()
         {
@@ -875,7 +890,7 @@ impl<T: ExactFloat> OrthogonalityState<T> {
 
 impl<T: ExactFloat> GroupAgg for OrthogonalityState<T> {
     fn fresh(&self) -> Self {
-        Self::named(self.name)
+        Self::named(self.name).with_f32_gram(self.f32_gram)
     }
 
     fn resize(&mut self, n: usize) {
@@ -1027,12 +1042,12 @@ static DOC: LazyLock<Documentation> = LazyLock::new(|| {
          channels: 1 - sum |W W^T - I| / (n (n - 1)) (1 = orthonormal). Every out channel needs \
          exactly one filter per in channel of the group (a duplicate or missing (out, in) pair \
          is an error); rows with NULLs are skipped; fewer than 2 out channels give NULL. \
-         The state keeps the group's filters. Dot products are float64, except that \
-         float16/float32 weights in a layer with n^2 * n_in * 9 >= 2^20 on an AVX2 CPU are \
-         summed in float32 over blocks of 64 dimensions (exact products for float16): at \
-         most 3.9e-6 from the exact value, typically 1e-9. Cast the weights to \
-         FixedSizeList<Float64, 9> for float64 throughout.",
-        "orthogonality(weights, out_channel, in_channel)",
+         The state keeps the group's filters; dot products are accumulated in float64. \
+         With gram_precision 'f32', float16/float32 weights in layers with \
+         n^2 * n_in * 9 >= 2^20 on AVX2 CPUs are summed in float32 over blocks of 64 \
+         dimensions (exact products for float16), about twice as fast: at most 3.9e-6 from \
+         the float64 value, ~1e-9 measured on trained models.",
+        "orthogonality(weights, out_channel, in_channel [, gram_precision])",
     )
     .with_argument(
         "weights",
@@ -1040,6 +1055,10 @@ static DOC: LazyLock<Documentation> = LazyLock::new(|| {
     )
     .with_argument("out_channel", "The filter's output channel (an integer).")
     .with_argument("in_channel", "The filter's input channel (an integer).")
+    .with_argument(
+        "gram_precision",
+        "'f64' (default): float64 accumulation, as MISSION.md defines the analyses; 'f32': the faster float32 Gram kernel for large float16/float32 layers (error at most 3.9e-6).",
+    )
     .with_sql_example(
         "SELECT model_id, layer_name, orthogonality(weights, out_channel, in_channel) \
          FROM filters GROUP BY model_id, layer_name;",
@@ -1057,13 +1076,22 @@ impl AggregateUDFImpl for OrthogonalityAgg {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        let [w, o, i] = arg_types else {
-            return plan_err!(
-                "{NAME} expects 3 arguments (weights, out_channel, in_channel), got {}",
-                arg_types.len()
-            );
+        let (w, o, i, p) = match arg_types {
+            [w, o, i] => (w, o, i, None),
+            [w, o, i, p] => (w, o, i, Some(p)),
+            _ => {
+                return plan_err!(
+                    "{NAME} expects 3 or 4 arguments (weights, out_channel, in_channel \
+                     [, gram_precision]), got {}",
+                    arg_types.len()
+                );
+            }
         };
-        coerce_layer_args(NAME, w, o, i)
+        let mut out = coerce_layer_args(NAME, w, o, i)?;
+        if let Some(p) = p {
+            out.push(coerce_precision(NAME, p)?);
+        }
+        Ok(out)
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
@@ -1071,10 +1099,11 @@ impl AggregateUDFImpl for OrthogonalityAgg {
     }
 
     fn accumulator(&self, acc_args: AccumulatorArgs<'_>) -> Result<Box<dyn Accumulator>> {
+        let f = gram_f32_arg(NAME, &acc_args, 3)?;
         Ok(match storage(&acc_args) {
-            DataType::Float32 => {
-                Box::new(Single::new(OrthogonalityState::<Float32Type>::default()))
-            }
+            DataType::Float32 => Box::new(Single::new(
+                OrthogonalityState::<Float32Type>::default().with_f32_gram(f),
+            )),
             _ => Box::new(Single::new(OrthogonalityState::<Float64Type>::default())),
         })
     }
@@ -1091,8 +1120,11 @@ impl AggregateUDFImpl for OrthogonalityAgg {
         &self,
         args: AccumulatorArgs<'_>,
     ) -> Result<Box<dyn GroupsAccumulator>> {
+        let f = gram_f32_arg(NAME, &args, 3)?;
         Ok(match storage(&args) {
-            DataType::Float32 => Box::new(Groups(OrthogonalityState::<Float32Type>::default())),
+            DataType::Float32 => Box::new(Groups(
+                OrthogonalityState::<Float32Type>::default().with_f32_gram(f),
+            )),
             _ => Box::new(Groups(OrthogonalityState::<Float64Type>::default())),
         })
     }
@@ -1120,6 +1152,34 @@ pub(crate) fn coerce_layer_args(
         DataType::Int64,
         DataType::Int64,
     ])
+}
+
+/// `coerce_types` of the optional `gram_precision` argument: a string.
+pub(crate) fn coerce_precision(func: &str, p: &DataType) -> Result<DataType> {
+    match p {
+        DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 | DataType::Null => {
+            Ok(DataType::Utf8)
+        }
+        _ => plan_err!("{func} expects gram_precision as a string ('f64' or 'f32'), got {p}"),
+    }
+}
+
+/// Whether argument `pos` of the call (the optional `gram_precision`) asks for the f32
+/// Gram kernel: absent, NULL or `'f64'` is float64 throughout; `'f32'` lets large
+/// float16/float32 layers take [`gram32`]. Anything else, or a non-constant, is an error.
+pub(crate) fn gram_f32_arg(func: &str, args: &AccumulatorArgs<'_>, pos: usize) -> Result<bool> {
+    let Some(e) = args.exprs.get(pos) else {
+        return Ok(false);
+    };
+    let Some(lit) = e.downcast_ref::<Literal>() else {
+        return plan_err!("{func}: gram_precision must be a constant, 'f64' or 'f32'");
+    };
+    match lit.value() {
+        ScalarValue::Utf8(None) | ScalarValue::Null => Ok(false),
+        ScalarValue::Utf8(Some(v)) if v.eq_ignore_ascii_case("f64") => Ok(false),
+        ScalarValue::Utf8(Some(v)) if v.eq_ignore_ascii_case("f32") => Ok(true),
+        v => plan_err!("{func}: gram_precision must be 'f64' or 'f32', got {v}"),
+    }
 }
 
 /// The state fields of an [`OrthogonalityState`]: each group's out and in channels and
@@ -1361,10 +1421,11 @@ mod tests {
     }
 
     /// A float32 layer large enough for the f32 kernel, through every accumulator path,
-    /// in the store's order and shuffled (the gather path): the same value, within the
-    /// kernel's bound of the f64 reference.
+    /// in the store's order and shuffled (the gather path): with `'f32'` the same value,
+    /// within the kernel's bound of the f64 reference; by default (and with `'f64'`) the
+    /// f64 kernel's 1e-12; another precision is an error.
     #[test]
-    fn large_float32_layer_takes_the_f32_kernel() {
+    fn large_float32_layer_takes_the_f32_kernel_when_asked() {
         let mut rng = Rng::new(13);
         let (n_out, n_in) = (64, 64);
         let rows: Vec<Vec<[f64; 9]>> = (0..n_out)
@@ -1379,13 +1440,16 @@ mod tests {
             .map(|r| r.iter().flatten().copied().collect())
             .collect();
         let want = orthogonality_ref(&flat).unwrap();
-        let f32_args = |w: &[[f64; 9]], o: &[i64], i: &[i64]| {
-            vec![
+        let with = |w: &[[f64; 9]], o: &[i64], i: &[i64], p: Option<&str>| {
+            let mut a = vec![
                 Arg::Array(fsl32(w)),
                 Arg::Array(Arc::new(Int64Array::from(o.to_vec()))),
                 Arg::Array(Arc::new(Int64Array::from(i.to_vec()))),
-            ]
+            ];
+            a.extend(p.map(|p| Arg::Literal(ScalarValue::Utf8(Some(p.into())))));
+            a
         };
+        let f32_args = |w: &[[f64; 9]], o: &[i64], i: &[i64]| with(w, o, i, Some("f32"));
         let in_order: Vec<([f64; 9], i64, i64)> = rows
             .iter()
             .enumerate()
@@ -1424,6 +1488,35 @@ mod tests {
             1e-12
         };
         assert!((got[0] - want).abs() <= bound, "{} vs {want}", got[0]);
+        let (w, o, i) = layer(&rows, &mut rng);
+        let groups = vec![0; w.len()];
+        for p in [None, Some("f64"), Some("F64")] {
+            let r = run_all_paths(
+                &orthogonality_udaf(),
+                &with(&w, &o, &i, p),
+                &groups,
+                1,
+                None,
+                6,
+            )
+            .unwrap();
+            let v = f64_at(&r.one_pass, 0).unwrap();
+            assert!((v - want).abs() <= 1e-12, "{p:?}: {v} vs {want}");
+        }
+        let e = run_all_paths(
+            &orthogonality_udaf(),
+            &with(&w, &o, &i, Some("f16")),
+            &groups,
+            1,
+            None,
+            6,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("gram_precision must be 'f64' or 'f32'"),
+            "{e}"
+        );
     }
 
     proptest! {
