@@ -85,17 +85,20 @@ pub fn orthogonality_ref(rows: &[Vec<f64>]) -> Option<f64> {
 /// order), independent of the thread count; different instruction sets may differ in the
 /// last bits.
 pub fn orthogonality_kernel(rows: &mut [f64], n: usize, d: usize) -> Option<f64> {
-    orthogonality_with(rows, n, d, |n, d| {
-        // Small layers take the portable kernel (no FMA on x86-64): its result has the
-        // same bits on every x86-64 CPU, where the SIMD kernels round differently in the
-        // last bits; the SIMD kernels pay off only on large layers.
-        let isa = if n.saturating_mul(n).saturating_mul(d) < SMALL_LAYER_WORK {
-            gram::Isa::Portable
-        } else {
-            gram::Isa::detect()
-        };
-        gram::Plan::new(isa, n, d)
-    })
+    orthogonality_with(rows, n, d, default_plan)
+}
+
+/// The Gram kernel's plan of [`orthogonality_kernel`] for `n` rows of `d` dimensions.
+fn default_plan(n: usize, d: usize) -> gram::Plan {
+    // Small layers take the portable kernel (no FMA on x86-64): its result has the same
+    // bits on every x86-64 CPU, where the SIMD kernels round differently in the last bits;
+    // the SIMD kernels pay off only on large layers.
+    let isa = if n.saturating_mul(n).saturating_mul(d) < SMALL_LAYER_WORK {
+        gram::Isa::Portable
+    } else {
+        gram::Isa::detect()
+    };
+    gram::Plan::new(isa, n, d)
 }
 
 /// `n * n * d` below which [`orthogonality_kernel`] uses the portable Gram kernel.
@@ -136,63 +139,73 @@ fn orthogonality_with(
 /// `sum x_i^2` in 8 independent partial sums: vectorises, where the one-accumulator sum
 /// is bound by the add latency (it took half the time of a 64 x 576 layer).
 fn sum_sq(x: &[f64]) -> f64 {
+    sum_sq_of(x, |v| v)
+}
+
+/// [`sum_sq`] of `f(x_i)`, in the same order: the bits of [`sum_sq`] of the values
+/// `f(x_i)` stored first.
+#[inline(always)]
+fn sum_sq_of<S: Copy>(x: &[S], f: impl Fn(S) -> f64) -> f64 {
     let mut acc = [0.0; 8];
     let mut chunks = x.chunks_exact(8);
     for c in &mut chunks {
         for (a, v) in acc.iter_mut().zip(c) {
-            *a += v * v;
-        }
-    }
-    let tail: f64 = chunks.remainder().iter().map(|v| v * v).sum();
-    acc.iter().sum::<f64>() + tail
-}
-
-/// [`orthogonality_kernel`] of `n` raw (unnormalised) f32 rows of length `d` through the
-/// f32 Gram kernel of [`gram32`] (AVX2 + FMA only: check [`gram32::available`]): the
-/// norms, the diagonal and the scaling are f64, the dot products f32 over k-blocks of at
-/// most [`gram32::KC`] dimensions, so the value is within [`gram32::error_bound`]
-/// (3.9e-6) of the exact one in the worst case.
-fn orthogonality_f32(rows: &[f32], n: usize, d: usize, plan: gram32::Plan) -> Option<f64> {
-    if n < 2 || rows.len() != n * d {
-        return None;
-    }
-    if d == 0 {
-        return Some(1.0 - n as f64 / (n * (n - 1)) as f64);
-    }
-    let mut inv = Vec::with_capacity(n);
-    let mut diag = 0.0;
-    for r in rows.chunks_exact(d) {
-        let s = sum_sq_f32(r);
-        if s > 0.0 {
-            // as in `orthogonality_with`: the unit row's `|u . u - 1|`, a rounding error
-            let i = 1.0 / s.sqrt();
-            inv.push(i);
-            diag += (s * i * i - 1.0).abs();
-        } else {
-            inv.push(0.0);
-            diag += 1.0;
-        }
-    }
-    let upper = gram32::upper_abs_sum(rows, &inv, n, d, plan);
-    Some(1.0 - (2.0 * upper + diag) / (n * (n - 1)) as f64)
-}
-
-/// `sum x_i^2` in f64 of f32 values (exact products), 8 partial sums as [`sum_sq`].
-fn sum_sq_f32(x: &[f32]) -> f64 {
-    let mut acc = [0.0f64; 8];
-    let mut chunks = x.chunks_exact(8);
-    for c in &mut chunks {
-        for (a, v) in acc.iter_mut().zip(c) {
-            let v = f64::from(*v);
+            let v = f(*v);
             *a += v * v;
         }
     }
     let tail: f64 = chunks
         .remainder()
         .iter()
-        .map(|&v| f64::from(v).powi(2))
+        .map(|v| {
+            let v = f(*v);
+            v * v
+        })
         .sum();
     acc.iter().sum::<f64>() + tail
+}
+
+/// `sum x_i^2` in f64 of f32 values (exact products), as [`sum_sq`] of them widened.
+fn sum_sq_f32(x: &[f32]) -> f64 {
+    sum_sq_of(x, f64::from)
+}
+
+/// [`orthogonality_kernel`] of `n` f32 rows of length `d`, without an f64 copy of the
+/// layer: the norms come from the rows widened on the fly, and the Gram kernel scales each
+/// row as it packs it.
+///
+/// With `f32_gram` `None`, the f64 kernel of [`default_plan`]: the normalised values and
+/// hence the value have the bits [`orthogonality_kernel`] gives for the widened rows
+/// (without its normalisation passes and the panels' clearing). With a plan of [`gram32`]
+/// (AVX2 + FMA only: check [`gram32::available`]), the dot products are f32 over k-blocks
+/// of at most [`gram32::KC`] dimensions, so the value is within [`gram32::error_bound`]
+/// (3.9e-6) of the exact one in the worst case.
+fn orthogonality_f32(
+    rows: &[f32],
+    n: usize,
+    d: usize,
+    f32_gram: Option<gram32::Plan>,
+) -> Option<f64> {
+    if n < 2 || rows.len() != n * d {
+        return None;
+    }
+    if d == 0 {
+        return Some(1.0 - n as f64 / (n * (n - 1)) as f64);
+    }
+    let mut scale = Vec::with_capacity(n);
+    let mut diag = 0.0;
+    for r in rows.chunks_exact(d) {
+        // as `orthogonality_with`: one reciprocal per row, zero rows as they are
+        let norm = sum_sq_f32(r).sqrt();
+        let inv = if norm > 0.0 { 1.0 / norm } else { 1.0 };
+        scale.push(inv);
+        diag += (sum_sq_of(r, |v| f64::from(v) * inv) - 1.0).abs();
+    }
+    let upper = match f32_gram {
+        Some(plan) => gram32::upper_abs_sum(rows, &scale, n, d, plan),
+        None => gram::upper_abs_sum_scaled(rows, &scale, n, d, default_plan(n, d)),
+    };
+    Some(1.0 - (2.0 * upper + diag) / (n * (n - 1)) as f64)
 }
 
 mod gram32;
@@ -312,18 +325,44 @@ mod gram {
 
     /// `sum_{i<j} |rows_i . rows_j|` for `n` row-major rows of length `d >= 1`.
     pub(super) fn upper_abs_sum(rows: &[f64], n: usize, d: usize, plan: Plan) -> f64 {
+        upper_abs_sum_of(rows, n, d, plan, |v, _| v)
+    }
+
+    /// [`upper_abs_sum`] of the rows `f64(rows_l) * scale[l]`, packed straight from the f32
+    /// rows (no f64 copy of the layer): the same panels, so the same bits, as
+    /// [`upper_abs_sum`] of those products computed beforehand.
+    pub(super) fn upper_abs_sum_scaled(
+        rows: &[f32],
+        scale: &[f64],
+        n: usize,
+        d: usize,
+        plan: Plan,
+    ) -> f64 {
+        assert_eq!(scale.len(), n);
+        upper_abs_sum_of(rows, n, d, plan, |v, l| f64::from(v) * scale[l])
+    }
+
+    /// The sum over rows whose value `k` of row `l` is `value(rows[l * d + k], l)`.
+    fn upper_abs_sum_of<S: Copy>(
+        rows: &[S],
+        n: usize,
+        d: usize,
+        plan: Plan,
+        value: impl Fn(S, usize) -> f64,
+    ) -> f64 {
         assert!(plan.isa.is_available(), "{:?} is not available", plan.isa);
         assert!(d > 0 && rows.len() == n * d && plan.bp > 0 && plan.cp > 0 && plan.kc > 0);
         let w = plan.isa.width();
         let np = n.div_ceil(w);
         let pw = d * w;
-        // Panel q holds rows q*w.. (zero-padded past n): dimension k of its row l at k*w + l.
-        // Copied in 32-dimension strips so the strided writes stay in L1. The panels live
-        // in a buffer the thread keeps (a fresh one per layer cost a page fault per 4 KiB).
+        // The panels live in a buffer the thread keeps (a fresh one per layer cost a page
+        // fault per 4 KiB); `pack` writes every value, so it is not cleared first.
         PANELS.with_borrow_mut(|p| {
-            p.clear();
-            p.resize(np * pw, 0.0);
-            let sum = upper_abs_sum_packed(p, rows, n, d, plan);
+            if p.len() < np * pw {
+                p.resize(np * pw, 0.0);
+            }
+            pack(&mut p[..np * pw], rows, n, d, w, value);
+            let sum = upper_abs_sum_packed(&p[..np * pw], np, d, plan);
             super::release_large(p);
             sum
         })
@@ -334,21 +373,36 @@ mod gram {
         static PANELS: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
     }
 
-    /// [`upper_abs_sum`] with `p` the zeroed panel buffer.
-    fn upper_abs_sum_packed(p: &mut [f64], rows: &[f64], n: usize, d: usize, plan: Plan) -> f64 {
-        let w = plan.isa.width();
-        let np = n.div_ceil(w);
+    /// Panel `q` of `p` gets rows `q*w..`: dimension `k` of its row `l` at `k*w + l`, rows
+    /// past `n` as zeros. Copied in 32-dimension strips so the strided writes stay in L1.
+    fn pack<S: Copy>(
+        p: &mut [f64],
+        rows: &[S],
+        n: usize,
+        d: usize,
+        w: usize,
+        value: impl Fn(S, usize) -> f64,
+    ) {
         let pw = d * w;
-        for (dst, src) in p.chunks_exact_mut(pw).zip(rows.chunks(pw)) {
+        for (q, dst) in p.chunks_exact_mut(pw).enumerate() {
+            let live = n.saturating_sub(q * w).min(w);
+            let src = &rows[q * w * d..(q * w + live) * d];
             for k0 in (0..d).step_by(32) {
                 let k1 = (k0 + 32).min(d);
                 for (l, r) in src.chunks_exact(d).enumerate() {
                     for (k, v) in (k0..k1).zip(&r[k0..k1]) {
-                        dst[k * w + l] = *v;
+                        dst[k * w + l] = value(*v, q * w + l);
                     }
+                }
+                for k in k0..k1 {
+                    dst[k * w + live..(k + 1) * w].fill(0.0);
                 }
             }
         }
+    }
+
+    /// The sum over the packed panels `p`.
+    fn upper_abs_sum_packed(p: &[f64], np: usize, d: usize, plan: Plan) -> f64 {
         let job = Job {
             p,
             np,
@@ -845,22 +899,24 @@ impl<T: ExactFloat> OrthogonalityState<T> {
         }
         let n_out: usize = runs;
         let d = n_in * 9;
-        // Asked for ('f32'), large layers kept in f32 take the f32 Gram kernel, straight
-        // from the state when the filters arrived in order (see `gram32` for its precision).
-        if self.f32_gram
-            && let Some(w) = T::as_f32(&l.w)
-            && n_out.saturating_mul(n_out).saturating_mul(d) >= SMALL_LAYER_WORK
-            && gram32::available()
-        {
-            let plan = gram32::Plan::new(n_out, d);
+        // Layers kept in f32 are read straight from the state when the filters arrived in
+        // order (else gathered in order): widened to f64 on the fly (the bits of the
+        // `ROWS` path below) or, asked for ('f32') and large, through the f32 Gram kernel
+        // (see `gram32` for its precision).
+        if let Some(w) = T::as_f32(&l.w) {
+            let f32_gram = self.f32_gram
+                && n_out.saturating_mul(n_out).saturating_mul(d) >= SMALL_LAYER_WORK
+                && gram32::available();
+            let plan = f32_gram.then(|| gram32::Plan::new(n_out, d));
+            let eval = |rows: &[f32]| orthogonality_f32(rows, n_out, d, plan);
             return Ok(match &sorted {
-                None => orthogonality_f32(&w[..k * 9], n_out, d, plan),
+                None => eval(&w[..k * 9]),
                 Some(idx) => ROWS32.with_borrow_mut(|rows| {
                     rows.clear();
                     for &i in idx {
                         rows.extend_from_slice(&w[i * 9..i * 9 + 9]);
                     }
-                    let v = orthogonality_f32(rows, n_out, d, plan);
+                    let v = eval(rows);
                     if rows.capacity() * size_of::<f32>() > 64 << 20 {
                         *rows = Vec::new();
                     }
@@ -1395,8 +1451,34 @@ mod tests {
         ] {
             let rows = exact_in_f32(n, d, &mut rng);
             let want = f64_kernel(&rows, n, d).unwrap();
-            let got = orthogonality_f32(&rows, n, d, gram32::Plan::new(n, d)).unwrap();
+            let got = orthogonality_f32(&rows, n, d, Some(gram32::Plan::new(n, d))).unwrap();
             assert!((got - want).abs() <= 1e-13, "n {n} d {d}: {got} vs {want}");
+        }
+    }
+
+    /// f32 rows widened on the fly give the bits of the f64 path over the widened copy, on
+    /// shapes for the portable kernel and for the SIMD one (partial panels, several row
+    /// blocks and k-blocks), with zero rows.
+    #[test]
+    fn widened_f32_rows_give_the_f64_paths_bits() {
+        let mut rng = Rng::new(14);
+        for (n, d) in [
+            (2, 1),
+            (3, 0),
+            (33, 9),
+            (65, 27),
+            (40, 600),
+            (130, 576),
+            (513, 18),
+        ] {
+            let mut rows: Vec<f32> = (0..n * d).map(|_| rng.uniform(-1.0, 1.0) as f32).collect();
+            if n > 30 {
+                rows[7 * d..8 * d].fill(0.0);
+            }
+            let mut wide: Vec<f64> = rows.iter().map(|&v| f64::from(v)).collect();
+            let want = orthogonality_kernel(&mut wide, n, d);
+            let got = orthogonality_f32(&rows, n, d, None);
+            assert_eq!(got.map(f64::to_bits), want.map(f64::to_bits), "n {n} d {d}");
         }
     }
 
@@ -1411,7 +1493,7 @@ mod tests {
             .map(|_| half::f16::from_f64(rng.uniform(-0.3, 0.3)).to_f32())
             .collect();
         let want = f64_kernel(&rows, n, d).unwrap();
-        let got = orthogonality_f32(&rows, n, d, gram32::Plan::new(n, d)).unwrap();
+        let got = orthogonality_f32(&rows, n, d, Some(gram32::Plan::new(n, d))).unwrap();
         let err = (got - want).abs();
         // the bound the docs, check.py and the kernels bench quote
         assert!((gram32::error_bound() - 3.9e-6).abs() < 5e-8);
@@ -1575,8 +1657,8 @@ mod tests {
                 let rows = exact_in_f32(n, d, &mut Rng::new(seed));
                 let want = f64_kernel(&rows, n, d).unwrap();
                 let tiny = gram32::Plan { bp, cp, kc, parallel: false };
-                let seq = orthogonality_f32(&rows, n, d, tiny).unwrap();
-                let par = orthogonality_f32(&rows, n, d, gram32::Plan { parallel: true, ..tiny }).unwrap();
+                let seq = orthogonality_f32(&rows, n, d, Some(tiny)).unwrap();
+                let par = orthogonality_f32(&rows, n, d, Some(gram32::Plan { parallel: true, ..tiny })).unwrap();
                 prop_assert_eq!(seq.to_bits(), par.to_bits());
                 prop_assert!((seq - want).abs() <= 1e-13, "{} vs {}", seq, want);
             }
