@@ -33,6 +33,8 @@
 //!   `orthogonality` (O(n^2) in the out channels) takes a 16th of the filters, 65,536 by
 //!   default: one layer of 1024 out x 64 in channels (1 group) or 64 layers of 32 x 32
 //!   (64 groups); its Gram part runs on rayon's pool, the only multi-threaded kernel here.
+//!   `orthogonality_f32gram` is the same call with `'f32'` (the opt-in f32 Gram kernel,
+//!   checked within its 3.9e-6 bound).
 //!   `layer_degeneration` runs on the same input against the references of the five
 //!   statistics it returns (sparsity, the four entropies, orthogonality).
 //!
@@ -1305,37 +1307,42 @@ fn ortho_input(p: Prec, groups: usize) -> AggInput {
 }
 
 fn bench_orthogonality(c: &mut Criterion) {
-    for p in Prec::ALL {
-        let call = AggCall::new(
-            orthogonality_udaf(),
-            &[
-                (p.list_type(), None),
-                (DataType::Int64, None),
-                (DataType::Int64, None),
-            ],
-        );
-        for g in GROUPS {
-            compare(
-                c,
-                &format!("agg/orthogonality/{}/{g}g", p.name()),
-                ortho_filters,
-                || ortho_input(p, g),
-                |i| {
-                    let out: Float64Array = layers_of(i)
-                        .iter()
-                        .map(|l| {
-                            let rows: Vec<Vec<f64>> = l
-                                .iter()
-                                .map(|r| r.iter().flatten().copied().collect())
-                                .collect();
-                            orthogonality_ref(&rows)
-                        })
-                        .collect();
-                    vec![Arc::new(out) as ArrayRef]
-                },
-                |i| call.run(&i.args, &i.groups, i.n),
-                close(1e-9, 1e-12),
+    // the default (float64 accumulation) and the opt-in f32 Gram kernel ('f32'), the
+    // latter within its worst-case bound of the reference (gram32.rs: gamma_65 = 3.9e-6)
+    for (gram, suffix, atol) in [("f64", "", 1e-12), ("f32", "_f32gram", 3.9e-6)] {
+        for p in Prec::ALL {
+            let call = AggCall::new(
+                orthogonality_udaf(),
+                &[
+                    (p.list_type(), None),
+                    (DataType::Int64, None),
+                    (DataType::Int64, None),
+                    (DataType::Utf8, Some(ScalarValue::Utf8(Some(gram.into())))),
+                ],
             );
+            for g in GROUPS {
+                compare(
+                    c,
+                    &format!("agg/orthogonality{suffix}/{}/{g}g", p.name()),
+                    ortho_filters,
+                    || ortho_input(p, g),
+                    |i| {
+                        let out: Float64Array = layers_of(i)
+                            .iter()
+                            .map(|l| {
+                                let rows: Vec<Vec<f64>> = l
+                                    .iter()
+                                    .map(|r| r.iter().flatten().copied().collect())
+                                    .collect();
+                                orthogonality_ref(&rows)
+                            })
+                            .collect();
+                        vec![Arc::new(out) as ArrayRef]
+                    },
+                    |i| call.run(&i.args, &i.groups, i.n),
+                    close(1e-9, atol),
+                );
+            }
         }
     }
 }

@@ -1,5 +1,5 @@
-//! `orthogonality(weights, out_channel, in_channel)`: how orthogonal the out-channel
-//! vectors of one layer are, MISSION.md section 3 "Orthogonality".
+//! `orthogonality(weights, out_channel, in_channel [, gram_precision])`: how orthogonal
+//! the out-channel vectors of one layer are, MISSION.md section 3 "Orthogonality".
 //!
 //! Rows: one vector per out channel — its in-channel kernels (9 weights each) concatenated
 //! in ascending `in_channel` order, length `n_in * 9` — each L2-normalised (a zero row is
