@@ -373,15 +373,16 @@ mod gram {
         static PANELS: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
     }
 
-    /// Panel `q` of `p` gets rows `q*w..`: dimension `k` of its row `l` at `k*w + l`, rows
-    /// past `n` as zeros. Copied in 32-dimension strips so the strided writes stay in L1.
-    fn pack<S: Copy>(
-        p: &mut [f64],
+    /// Panel `q` of `p` gets rows `q*w..`: dimension `k` of its row `l` at `k*w + l` (as
+    /// `value(rows[l * d + k], l)`), rows past `n` as zeros. Copied in 32-dimension strips
+    /// so the strided writes stay in L1. Also packs the f32 panels of [`super::gram32`].
+    pub(super) fn pack<S: Copy, D: Copy + Default>(
+        p: &mut [D],
         rows: &[S],
         n: usize,
         d: usize,
         w: usize,
-        value: impl Fn(S, usize) -> f64,
+        value: impl Fn(S, usize) -> D,
     ) {
         let pw = d * w;
         for (q, dst) in p.chunks_exact_mut(pw).enumerate() {
@@ -395,7 +396,7 @@ mod gram {
                     }
                 }
                 for k in k0..k1 {
-                    dst[k * w + live..(k + 1) * w].fill(0.0);
+                    dst[k * w + live..(k + 1) * w].fill(D::default());
                 }
             }
         }
@@ -420,8 +421,17 @@ mod gram {
         };
         // SAFETY: `plan.isa` is available on this CPU (asserted above).
         let run = |b: usize| unsafe { f(&job, b) };
-        let nb = np.div_ceil(plan.bp);
-        let parts: Vec<f64> = if plan.parallel {
+        sum_blocks(np.div_ceil(plan.bp), plan.parallel, run)
+    }
+
+    /// `sum_b run(b)` over the `nb` work items, on rayon's pool when `parallel`; the
+    /// partial sums are added in item order either way, so the bits do not depend on it.
+    pub(super) fn sum_blocks(
+        nb: usize,
+        parallel: bool,
+        run: impl Fn(usize) -> f64 + Sync + Send,
+    ) -> f64 {
+        let parts: Vec<f64> = if parallel {
             (0..nb).into_par_iter().with_max_len(1).map(run).collect()
         } else {
             (0..nb).map(run).collect()
@@ -730,8 +740,8 @@ impl<N> Layer<N> {
 
 /// Frees a per-thread scratch buffer that grew past 64 MiB (a group far larger than any
 /// layer, e.g. a whole model): smaller ones stay for the next layer.
-fn release_large(v: &mut Vec<f64>) {
-    if v.capacity() * size_of::<f64>() > 64 << 20 {
+fn release_large<N>(v: &mut Vec<N>) {
+    if v.capacity() * size_of::<N>() > 64 << 20 {
         *v = Vec::new();
     }
 }
@@ -917,9 +927,7 @@ impl<T: ExactFloat> OrthogonalityState<T> {
                         rows.extend_from_slice(&w[i * 9..i * 9 + 9]);
                     }
                     let v = eval(rows);
-                    if rows.capacity() * size_of::<f32>() > 64 << 20 {
-                        *rows = Vec::new();
-                    }
+                    release_large(rows);
                     v
                 }),
             });

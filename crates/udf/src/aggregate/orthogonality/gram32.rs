@@ -16,16 +16,15 @@
 //! (`docs/benchmarks.md`). When all sums are exact in f32 (small integers times powers
 //! of two, as the tests use) the value is the f64 kernel's to the last few bits.
 //!
-//! Layout and blocking follow `mod gram`: rows packed transposed into panels of [`W`]
-//! rows (dimension-major, zero-padded), a `4 x 16` tile of FMAs in 8 registers, tiles on
+//! Layout and blocking follow `mod gram` (whose `pack` and `sum_blocks` it uses): rows
+//! packed transposed into panels of [`W`] rows (dimension-major, zero-padded), a
+//! `4 x 16` tile of FMAs in 8 registers, tiles on
 //! or above the diagonal only (the diagonal tile masked to `j > i`), row blocks as the
 //! unit of parallel work, column chunks that stay in L2. The result depends only on
 //! `(n, d, Plan)`, never on the thread count.
 //!
 //! Only an AVX2 + FMA version exists: it is the one this project can measure (an AVX-512
 //! CPU runs it too). Elsewhere `orthogonality` keeps the f64 kernels.
-
-use rayon::prelude::*;
 
 /// Rows per panel: two 8-lane f32 registers.
 const W: usize = 16;
@@ -106,7 +105,7 @@ pub(super) fn upper_abs_sum(rows: &[f32], inv: &[f64], n: usize, d: usize, plan:
             p.resize(np * pw, 0.0);
         }
         let p = &mut p[..np * pw];
-        pack(p, rows, n, d);
+        super::gram::pack(p, rows, n, d, W, |v, _| v);
         let job = Job {
             p,
             inv: &inv_p,
@@ -118,35 +117,8 @@ pub(super) fn upper_abs_sum(rows: &[f32], inv: &[f64], n: usize, d: usize, plan:
         };
         // SAFETY: the CPU has AVX2 and FMA (asserted above).
         let run = |b: usize| unsafe { block(&job, b) };
-        let nb = np.div_ceil(plan.bp);
-        let parts: Vec<f64> = if plan.parallel {
-            (0..nb).into_par_iter().with_max_len(1).map(run).collect()
-        } else {
-            (0..nb).map(run).collect()
-        };
-        parts.iter().sum()
+        super::gram::sum_blocks(np.div_ceil(plan.bp), plan.parallel, run)
     })
-}
-
-/// Panel `q` of `p` gets rows `q*W..`: dimension `k` of its row `l` at `k*W + l` (rows
-/// past `n` as zeros), copied in 64-dimension strips so the strided writes stay in L1.
-fn pack(p: &mut [f32], rows: &[f32], n: usize, d: usize) {
-    let pw = d * W;
-    for (q, dst) in p.chunks_exact_mut(pw).enumerate() {
-        let live = n.saturating_sub(q * W).min(W);
-        let src = &rows[q * W * d..(q * W + live) * d];
-        for k0 in (0..d).step_by(64) {
-            let k1 = (k0 + 64).min(d);
-            for (l, r) in src.chunks_exact(d).enumerate() {
-                for (k, v) in (k0..k1).zip(&r[k0..k1]) {
-                    dst[k * W + l] = *v;
-                }
-            }
-            for k in k0..k1 {
-                dst[k * W + live..(k + 1) * W].fill(0.0);
-            }
-        }
-    }
 }
 
 /// The packed panels, the padded inverse norms and the blocking.
