@@ -209,6 +209,7 @@ fn orthogonality_f32(
 }
 
 mod gram32;
+mod pack;
 
 mod gram {
     //! The Gram part of [`orthogonality_kernel`]: `sum_{i<j} |u_i . u_j|` over unit rows
@@ -325,7 +326,8 @@ mod gram {
 
     /// `sum_{i<j} |rows_i . rows_j|` for `n` row-major rows of length `d >= 1`.
     pub(super) fn upper_abs_sum(rows: &[f64], n: usize, d: usize, plan: Plan) -> f64 {
-        upper_abs_sum_of(rows, n, d, plan, |v, _| v)
+        assert_eq!(rows.len(), n * d);
+        upper_abs_sum_with(n, d, plan, |p, w| pack(p, rows, n, d, w, |v, _| v))
     }
 
     /// [`upper_abs_sum`] of the rows `f64(rows_l) * scale[l]`, packed straight from the f32
@@ -339,19 +341,21 @@ mod gram {
         plan: Plan,
     ) -> f64 {
         assert_eq!(scale.len(), n);
-        upper_abs_sum_of(rows, n, d, plan, |v, l| f64::from(v) * scale[l])
+        assert_eq!(rows.len(), n * d);
+        upper_abs_sum_with(n, d, plan, |p, w| {
+            super::pack::scaled(p, rows, scale, n, d, w)
+        })
     }
 
-    /// The sum over rows whose value `k` of row `l` is `value(rows[l * d + k], l)`.
-    fn upper_abs_sum_of<S: Copy>(
-        rows: &[S],
+    /// The sum over the `n` rows of length `d` that `pack_into(panels, w)` packs.
+    fn upper_abs_sum_with(
         n: usize,
         d: usize,
         plan: Plan,
-        value: impl Fn(S, usize) -> f64,
+        pack_into: impl FnOnce(&mut [f64], usize),
     ) -> f64 {
         assert!(plan.isa.is_available(), "{:?} is not available", plan.isa);
-        assert!(d > 0 && rows.len() == n * d && plan.bp > 0 && plan.cp > 0 && plan.kc > 0);
+        assert!(d > 0 && plan.bp > 0 && plan.cp > 0 && plan.kc > 0);
         let w = plan.isa.width();
         let np = n.div_ceil(w);
         let pw = d * w;
@@ -361,7 +365,7 @@ mod gram {
             if p.len() < np * pw {
                 p.resize(np * pw, 0.0);
             }
-            pack(&mut p[..np * pw], rows, n, d, w, value);
+            pack_into(&mut p[..np * pw], w);
             let sum = upper_abs_sum_packed(&p[..np * pw], np, d, plan);
             super::release_large(p);
             sum
@@ -375,7 +379,8 @@ mod gram {
 
     /// Panel `q` of `p` gets rows `q*w..`: dimension `k` of its row `l` at `k*w + l` (as
     /// `value(rows[l * d + k], l)`), rows past `n` as zeros. Copied in 32-dimension strips
-    /// so the strided writes stay in L1. Also packs the f32 panels of [`super::gram32`].
+    /// so the strided writes stay in L1. f32 rows take [`super::pack`]'s transposes
+    /// instead (same values); this one is their reference and packs f64 rows.
     pub(super) fn pack<S: Copy, D: Copy + Default>(
         p: &mut [D],
         rows: &[S],

@@ -16,9 +16,9 @@
 //! (`docs/benchmarks.md`). When all sums are exact in f32 (small integers times powers
 //! of two, as the tests use) the value is the f64 kernel's to the last few bits.
 //!
-//! Layout and blocking follow `mod gram` (whose `pack` and `sum_blocks` it uses): rows
-//! packed transposed into panels of [`W`] rows (dimension-major, zero-padded), a
-//! `4 x 16` tile of FMAs in 8 registers, tiles on
+//! Layout and blocking follow `mod gram` (whose `sum_blocks` it uses; `pack::plain` packs
+//! its panels): rows packed transposed into panels of [`W`] rows (dimension-major,
+//! zero-padded), a `4 x 16` tile of FMAs in 8 registers, tiles on
 //! or above the diagonal only (the diagonal tile masked to `j > i`), row blocks as the
 //! unit of parallel work, column chunks that stay in L2. The result depends only on
 //! `(n, d, Plan)`, never on the thread count.
@@ -105,7 +105,7 @@ pub(super) fn upper_abs_sum(rows: &[f32], inv: &[f64], n: usize, d: usize, plan:
             p.resize(np * pw, 0.0);
         }
         let p = &mut p[..np * pw];
-        super::gram::pack(p, rows, n, d, W, |v, _| v);
+        super::pack::plain(p, rows, n, d, W);
         let job = Job {
             p,
             inv: &inv_p,
