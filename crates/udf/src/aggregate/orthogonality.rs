@@ -362,9 +362,7 @@ mod gram {
         // The panels live in a buffer the thread keeps (a fresh one per layer cost a page
         // fault per 4 KiB); `pack` writes every value, so it is not cleared first.
         PANELS.with_borrow_mut(|p| {
-            if p.len() < np * pw {
-                p.resize(np * pw, 0.0);
-            }
+            super::ensure_len(p, np * pw);
             pack_into(&mut p[..np * pw], w);
             let sum = upper_abs_sum_packed(&p[..np * pw], np, d, plan);
             super::release_large(p);
@@ -740,6 +738,18 @@ impl<N> Layer<N> {
     fn bytes(&self) -> usize {
         (self.out.capacity() + self.inp.capacity()) * size_of::<i64>()
             + self.w.capacity() * size_of::<N>()
+    }
+}
+
+/// Makes a scratch buffer whose values are all written before they are read at least
+/// `len` long: one too short is replaced by a fresh zeroed one, not grown. Growing would
+/// copy the old, dead contents into fresh pages, then write zeros past them; a zeroed
+/// allocation of fresh pages is left to the kernel, which zeroes each page as it is first
+/// written (`vec![0.0; len]` allocates zeroed; `resize` writes every value).
+fn ensure_len<N: Clone + Default>(v: &mut Vec<N>, len: usize) {
+    if v.len() < len {
+        *v = Vec::new();
+        *v = vec![N::default(); len];
     }
 }
 

@@ -101,9 +101,7 @@ pub(super) fn upper_abs_sum(rows: &[f32], inv: &[f64], n: usize, d: usize, plan:
     PANELS.with_borrow_mut(|p| {
         // Every value is written below (padding rows as zeros), so a reused buffer
         // needs no clearing.
-        if p.len() < np * pw {
-            p.resize(np * pw, 0.0);
-        }
+        super::ensure_len(p, np * pw);
         let p = &mut p[..np * pw];
         super::pack::plain(p, rows, n, d, W);
         let job = Job {
