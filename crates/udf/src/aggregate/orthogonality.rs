@@ -748,7 +748,7 @@ impl<N> Layer<N> {
 /// written (`vec![0.0; len]` allocates zeroed; `resize` writes every value).
 fn ensure_len<N: Clone + Default>(v: &mut Vec<N>, len: usize) {
     if v.len() < len {
-        *v = Vec::new();
+        *v = Vec::new(); // the old buffer is freed before the new one is allocated
         *v = vec![N::default(); len];
     }
 }

@@ -6,9 +6,9 @@
 //! closure that widens and scales it keeps LLVM from vectorising that loop. On the 10M
 //! pipeline store it was 12 % of `analyze degeneration`'s samples (perf, AVX-512 host),
 //! a quarter as much as the Gram kernel itself: `n d` values against `n^2 d / 2`
-//! multiply-adds, but ~0.5 ns per value against ~0.03 ns per multiply-add. Here eight
-//! rows of eight dimensions are loaded, transposed in registers, and stored as eight
-//! contiguous runs of a panel row.
+//! multiply-adds, but 0.6-1.4 ns per value (measured) against ~0.04 ns per multiply-add.
+//! Here eight rows of eight dimensions are loaded, transposed in registers, and stored as
+//! eight contiguous runs of a panel row.
 //!
 //! Same bits: a value is `f64::from(v) * scale[l]` (one exact widening, one IEEE multiply,
 //! whether by `vcvtps2pd` + `vmulpd` or scalar) or `v` itself.
